@@ -1,0 +1,82 @@
+"""The ``vla-rft`` command line: one sub-command per stage, each a thin call into ``vla_rft.stages``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vla_rft.config import ConfigError, load_config
+
+log = logging.getLogger("vla_rft")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--profile", default=None, help="profile in params.yaml: quick or standard")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one parameter (repeatable), e.g. --set sim.num_workers=1")
+    p.add_argument("--summary-json", default=None, help="also write the stage summary as JSON to this path")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    summary = stages.prepare_data(cfg, args.out, overwrite=args.overwrite)
+    per_task = ", ".join(f"{t} {s['success_rate']:.0%}" for t, s in summary["expert_per_task"].items())
+    print(
+        f"prepare-data: {summary['episodes']} episodes ({summary['splits']['train']} train / "
+        f"{summary['splits']['val']} val), {summary['frames']} frames, expert success "
+        f"{summary['expert_success']:.1%} ({per_task}), {_human_bytes(summary['size_bytes'])}, "
+        f"{summary['seconds']:.1f} s -> {summary['uri']}"
+    )
+    return _write_summary(args, summary)
+
+
+def _write_summary(args: argparse.Namespace, summary: dict) -> int:
+    if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-rft", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-data", help="record expert episodes in Meta-World as a Parquet dataset")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="output dataset: a local path or s3://bucket/prefix")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.set_defaults(func=_cmd_prepare_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from vla_rft import storage
+    from vla_rft.data.schema import DatasetValidationError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetValidationError, storage.StorageError) as err:
+        print(f"vla-rft {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Write recorded episodes as a LeRobot-style Parquet dataset, and read it back validated."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vla_rft.data.schema import (
+    ACTION, CODEBASE_VERSION, DONE, EPISODE_COLUMNS, EPISODE_INDEX, EXPERT_ACTION, FRAME_COLUMNS,
+    FRAME_INDEX, INDEX, OBS_IMAGE, OBS_STATE, REWARD, SPLITS, SUCCESS, TASK_INDEX,
+    DatasetValidationError,
+)
+
+
+@dataclass
+class EpisodeData:
+    """One episode as arrays (what the writer takes; the simulator's EpisodeRecord fits it)."""
+
+    task_index: int
+    seed: int
+    perturbation: str
+    frames: np.ndarray  #: (T, H, W, 3) uint8
+    states: np.ndarray  #: (T, S) float32
+    actions: np.ndarray  #: (T, A) float32
+    expert_actions: np.ndarray  #: (T, A) float32
+    rewards: np.ndarray  #: (T,)
+    successes: np.ndarray  #: (T,) bool
+    noisy: bool
+    success: bool
+    first_success_step: int
+
+
+def _fixed_list(array: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
+    flat = array.reshape(len(array), -1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), type=dtype), flat.shape[1])
+
+
+def write_dataset(
+    out_dir: str | Path,
+    episodes: Sequence[EpisodeData],
+    splits: Sequence[str],
+    tasks: Sequence[tuple[str, str]],
+    info_extra: dict[str, Any] | None = None,
+    frames_per_file: int = 50_000,
+) -> dict[str, Any]:
+    """Write ``episodes`` (with their split names) under ``out_dir``; returns info.json's content.
+
+    ``tasks`` lists ``(task_name, instruction)`` in task-index order.
+    """
+    if not episodes:
+        raise DatasetValidationError("no episodes to write: the dataset would be empty")
+    out = Path(out_dir)
+    (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
+    (out / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
+    h, w, _ = episodes[0].frames.shape[1:]
+    state_dim, action_dim = episodes[0].states.shape[1], episodes[0].actions.shape[1]
+
+    episode_rows: list[dict[str, Any]] = []
+    file_index, pending, pending_rows, global_index = 0, [], 0, 0
+
+    def flush() -> None:
+        nonlocal file_index, pending, pending_rows
+        if not pending:
+            return
+        cat = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        table = pa.table({
+            OBS_IMAGE: _fixed_list(cat[OBS_IMAGE], pa.uint8()),
+            OBS_STATE: _fixed_list(cat[OBS_STATE], pa.float32()),
+            ACTION: _fixed_list(cat[ACTION], pa.float32()),
+            EXPERT_ACTION: _fixed_list(cat[EXPERT_ACTION], pa.float32()),
+            REWARD: pa.array(cat[REWARD], pa.float32()),
+            DONE: pa.array(cat[DONE], pa.bool_()),
+            SUCCESS: pa.array(cat[SUCCESS], pa.bool_()),
+            TASK_INDEX: pa.array(cat[TASK_INDEX], pa.int64()),
+            EPISODE_INDEX: pa.array(cat[EPISODE_INDEX], pa.int64()),
+            FRAME_INDEX: pa.array(cat[FRAME_INDEX], pa.int64()),
+            INDEX: pa.array(cat[INDEX], pa.int64()),
+        })
+        pq.write_table(table, out / "data" / "chunk-000" / f"file-{file_index:03d}.parquet", compression="zstd")
+        file_index += 1
+        pending, pending_rows = [], 0
+
+    for ep_idx, (ep, split) in enumerate(zip(episodes, splits, strict=True)):
+        if split not in SPLITS:
+            raise DatasetValidationError(f"episode {ep_idx}: unknown split {split!r}; allowed: {SPLITS}")
+        if ep.frames.shape[1:] != (h, w, 3) or ep.actions.shape[1] != action_dim:
+            raise DatasetValidationError(f"episode {ep_idx}: frames {ep.frames.shape} / actions {ep.actions.shape} "
+                                         f"differ from the first episode's {(h, w, 3)} / {action_dim}")
+        n = len(ep.actions)
+        if pending_rows and pending_rows + n > frames_per_file:
+            flush()
+        done = np.zeros(n, bool)
+        done[-1] = True
+        pending.append({
+            OBS_IMAGE: ep.frames.astype(np.uint8), OBS_STATE: ep.states.astype(np.float32),
+            ACTION: ep.actions.astype(np.float32), EXPERT_ACTION: ep.expert_actions.astype(np.float32),
+            REWARD: ep.rewards.astype(np.float32), DONE: done, SUCCESS: ep.successes.astype(bool),
+            TASK_INDEX: np.full(n, ep.task_index), EPISODE_INDEX: np.full(n, ep_idx),
+            FRAME_INDEX: np.arange(n), INDEX: np.arange(global_index, global_index + n),
+        })
+        episode_rows.append({
+            "episode_index": ep_idx, "task_index": ep.task_index, "length": n, "seed": ep.seed,
+            "perturbation": ep.perturbation, "noisy": ep.noisy, "success": ep.success,
+            "first_success_step": ep.first_success_step, "split": split,
+            "data/chunk_index": 0, "data/file_index": file_index,
+            "dataset_from_index": global_index, "dataset_to_index": global_index + n,
+        })
+        pending_rows += n
+        global_index += n
+    flush()
+
+    pq.write_table(pa.Table.from_pylist(episode_rows), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    pq.write_table(
+        pa.table({
+            "task_index": pa.array(range(len(tasks)), pa.int64()),
+            "task": [instr for _, instr in tasks],
+            "task_name": [name for name, _ in tasks],
+        }),
+        out / "meta" / "tasks.parquet",
+    )
+    split_counts = {s: sum(1 for x in splits if x == s) for s in SPLITS}
+    info = {
+        "codebase_version": CODEBASE_VERSION,
+        "fps": None,
+        "total_episodes": len(episodes),
+        "total_frames": global_index,
+        "total_tasks": len(tasks),
+        "data_files": file_index,
+        "splits": split_counts,
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "features": {
+            OBS_IMAGE: {"dtype": "uint8", "shape": [h, w, 3], "names": ["height", "width", "channel"]},
+            OBS_STATE: {"dtype": "float32", "shape": [state_dim]},
+            ACTION: {"dtype": "float32", "shape": [action_dim]},
+            EXPERT_ACTION: {"dtype": "float32", "shape": [action_dim]},
+            REWARD: {"dtype": "float32", "shape": [1]},
+            DONE: {"dtype": "bool", "shape": [1]},
+            SUCCESS: {"dtype": "bool", "shape": [1]},
+            TASK_INDEX: {"dtype": "int64", "shape": [1]},
+            EPISODE_INDEX: {"dtype": "int64", "shape": [1]},
+            FRAME_INDEX: {"dtype": "int64", "shape": [1]},
+            INDEX: {"dtype": "int64", "shape": [1]},
+        },
+        **(info_extra or {}),
+    }
+    (out / "meta" / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    return info
+
+
+@dataclass
+class LoadedDataset:
+    """A validated dataset in memory: frame arrays in global-index order plus metadata."""
+
+    root: Path
+    info: dict[str, Any]
+    tasks: list[str]  #: task names by task index
+    instructions: list[str]  #: instructions by task index
+    episodes: list[dict[str, Any]]
+    images: np.ndarray  #: (N, H, W, 3) uint8
+    states: np.ndarray  #: (N, S) float32
+    actions: np.ndarray  #: (N, A) float32
+    expert_actions: np.ndarray  #: (N, A) float32
+    rewards: np.ndarray
+    successes: np.ndarray
+    task_index: np.ndarray  #: (N,) int64
+    episode_index: np.ndarray  #: (N,) int64
+    frame_index: np.ndarray  #: (N,) int64
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.states.shape[1])
+
+    def episodes_in(self, split: str) -> list[dict[str, Any]]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        return [e for e in self.episodes if e["split"] == split]
+
+
+def _read_table(path: Path) -> pa.Table:
+    if not path.exists():
+        raise DatasetValidationError(f"dataset file {path} is missing")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DatasetValidationError(f"dataset file {path} is not a readable Parquet file: {err}") from err
+
+
+def _column_array(table: pa.Table, name: str, path: Path, dtype: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    col = table.column(name).combine_chunks()
+    if shape is None:
+        arr = col.to_numpy(zero_copy_only=False)
+    else:
+        if not pa.types.is_fixed_size_list(col.type):
+            raise DatasetValidationError(f"{path.name}: column '{name}' must be a fixed-size list, got {col.type}")
+        width = col.type.list_size
+        expected = int(np.prod(shape))
+        if width != expected:
+            raise DatasetValidationError(
+                f"{path.name}: column '{name}' has shape ({width},) per row; the dataset declares {tuple(shape)} "
+                f"({expected} values)"
+            )
+        if col.null_count:
+            raise DatasetValidationError(f"{path.name}: column '{name}' has {col.null_count} null rows")
+        arr = col.values.to_numpy(zero_copy_only=False).reshape(len(col), *shape)
+    if str(arr.dtype) != dtype:
+        raise DatasetValidationError(f"{path.name}: column '{name}' has dtype {arr.dtype}, expected {dtype}")
+    return arr
+
+
+def load_dataset(root: str | Path, expected_action_dim: int | None = None,
+                 expected_image_size: int | None = None) -> LoadedDataset:
+    """Read and validate a dataset directory: schema, shapes, dtypes, finiteness, episode bounds."""
+    root = Path(root)
+    info_path = root / "meta" / "info.json"
+    if not info_path.exists():
+        raise DatasetValidationError(f"{root} is not a dataset: meta/info.json is missing")
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetValidationError(f"{info_path} is not valid JSON: {err}") from err
+    if info.get("codebase_version") != CODEBASE_VERSION:
+        raise DatasetValidationError(
+            f"{info_path}: codebase_version {info.get('codebase_version')!r}, this code reads {CODEBASE_VERSION!r}"
+        )
+    feats = info.get("features", {})
+    try:
+        h, w, _ = feats[OBS_IMAGE]["shape"]
+        dims = {"H": h, "W": w, "S": feats[OBS_STATE]["shape"][0], "A": feats[ACTION]["shape"][0]}
+    except (KeyError, ValueError, TypeError) as err:
+        raise DatasetValidationError(f"{info_path}: features are incomplete ({err!r})") from err
+    if expected_action_dim is not None and dims["A"] != expected_action_dim:
+        raise DatasetValidationError(
+            f"dataset column '{ACTION}' has shape ({dims['A']},), this task suite uses {expected_action_dim}-D actions"
+        )
+    if expected_image_size is not None and (h, w) != (expected_image_size, expected_image_size):
+        raise DatasetValidationError(
+            f"dataset column '{OBS_IMAGE}' has shape ({h}, {w}, 3), the configuration expects "
+            f"({expected_image_size}, {expected_image_size}, 3)"
+        )
+
+    tasks_table = _read_table(root / "meta" / "tasks.parquet").to_pydict()
+    episodes_path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    episodes = _read_table(episodes_path).to_pylist()
+    if not episodes:
+        raise DatasetValidationError(f"{root}: the dataset has no episodes")
+    missing = [c for c in EPISODE_COLUMNS if c not in episodes[0]]
+    if missing:
+        raise DatasetValidationError(f"{episodes_path.name}: missing episode column(s) {missing}")
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in FRAME_COLUMNS}
+    files = sorted({(e["data/chunk_index"], e["data/file_index"]) for e in episodes})
+    for chunk, file in files:
+        path = root / info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet").format(
+            chunk_index=chunk, file_index=file)
+        table = _read_table(path)
+        absent = [c for c in FRAME_COLUMNS if c not in table.column_names]
+        if absent:
+            raise DatasetValidationError(f"{path.name}: missing column '{absent[0]}' (required: {', '.join(FRAME_COLUMNS)})")
+        for name, (dtype, shape) in FRAME_COLUMNS.items():
+            resolved = None if shape is None else tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
+            parts[name].append(_column_array(table, name, path, dtype, resolved))
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+
+    n = len(arrays[INDEX])
+    if n == 0:
+        raise DatasetValidationError(f"{root}: the dataset has no frames")
+    if not np.array_equal(arrays[INDEX], np.arange(n)):
+        raise DatasetValidationError(f"{root}: column '{INDEX}' is not 0..{n - 1} in file order (missing or reordered rows)")
+    for name in (OBS_STATE, ACTION, EXPERT_ACTION, REWARD):
+        bad = ~np.isfinite(arrays[name])
+        if bad.any():
+            row = int(np.argwhere(bad.reshape(n, -1).any(axis=1))[0, 0])
+            raise DatasetValidationError(f"dataset column '{name}' has NaN or inf values (first at row {row})")
+    for ep in episodes:
+        lo, hi = ep["dataset_from_index"], ep["dataset_to_index"]
+        if not (0 <= lo < hi <= n) or hi - lo != ep["length"]:
+            raise DatasetValidationError(f"episode {ep['episode_index']}: bounds [{lo}, {hi}) do not match {n} frames")
+        if not np.all(arrays[EPISODE_INDEX][lo:hi] == ep["episode_index"]):
+            raise DatasetValidationError(f"episode {ep['episode_index']}: rows [{lo}, {hi}) belong to another episode")
+        if ep["split"] not in SPLITS:
+            raise DatasetValidationError(f"episode {ep['episode_index']}: unknown split {ep['split']!r}")
+    n_tasks = len(tasks_table.get("task_name", []))
+    if arrays[TASK_INDEX].min() < 0 or arrays[TASK_INDEX].max() >= n_tasks:
+        raise DatasetValidationError(f"column '{TASK_INDEX}' refers to tasks outside meta/tasks.parquet ({n_tasks} tasks)")
+
+    return LoadedDataset(
+        root=root, info=info, tasks=list(tasks_table["task_name"]), instructions=list(tasks_table["task"]),
+        episodes=episodes, images=arrays[OBS_IMAGE], states=arrays[OBS_STATE], actions=arrays[ACTION],
+        expert_actions=arrays[EXPERT_ACTION], rewards=arrays[REWARD], successes=arrays[SUCCESS],
+        task_index=arrays[TASK_INDEX], episode_index=arrays[EPISODE_INDEX], frame_index=arrays[FRAME_INDEX],
+    )

@@ -1,0 +1,244 @@
+"""A batch of Meta-World envs spread over worker processes, behind the simulator interface.
+
+``BatchedSimulator`` exposes the same small interface as the world model's rollout:
+``reset(starts) -> Observation`` and ``step_chunk(actions) -> ChunkStep``, so evaluation and RFT
+code do not care which one they drive. It also records expert episodes in parallel for data
+collection. Workers are started with ``spawn`` (forking a process that holds GL contexts or
+torch threads is unsafe); ``num_workers=0`` runs everything in the calling process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from vla_rft.sim.env import MetaWorldEnv, proprio
+from vla_rft.sim.experts import EpisodeRecord, record_expert_episode
+from vla_rft.sim.perturbations import EpisodeSpec
+
+
+@dataclass
+class Observation:
+    """What a policy sees at the start of a chunk, batched."""
+
+    frames: np.ndarray  #: (B, H, W, 3) uint8
+    states: np.ndarray  #: (B, STATE_DIM) float32
+
+
+@dataclass
+class ChunkStep:
+    """The result of executing one action chunk per env."""
+
+    frames: np.ndarray  #: (B, K, H, W, 3) uint8 if all frames were rendered, else (B, 1, H, W, 3): the last
+    states: np.ndarray  #: (B, STATE_DIM) after the chunk
+    rewards: np.ndarray  #: (B, K) env rewards
+    success: np.ndarray  #: (B,) bool, success reached at any step of the chunk
+    steps: np.ndarray  #: (B,) env steps executed (fewer than K when an env was already done)
+
+
+class _EnvHost:
+    """Owns the envs of one process. Every env is kept for the life of the process."""
+
+    def __init__(self, image_size: int, camera: str, goal_marker_scale: float):
+        self.render_args = (image_size, camera, goal_marker_scale)
+        self.pool: dict[tuple[str, int], MetaWorldEnv] = {}
+        self.active: list[MetaWorldEnv] = []
+        self.steps: list[int] = []
+        self.last_state: list[np.ndarray] = []
+        self.max_steps = 500
+
+    def _env(self, task: str, slot: int) -> MetaWorldEnv:
+        key = (task, slot)
+        if key not in self.pool:
+            self.pool[key] = MetaWorldEnv(task, *self.render_args)
+        return self.pool[key]
+
+    def record(self, spec: EpisodeSpec, max_steps: int, noise: float, post: int) -> EpisodeRecord:
+        return record_expert_episode(self._env(spec.task, 0), spec, max_steps, noise, post)
+
+    def reset(self, specs: Sequence[EpisodeSpec], max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        counts: dict[str, int] = {}
+        self.active, frames, states = [], [], []
+        for spec in specs:
+            slot = counts.get(spec.task, 0)
+            counts[spec.task] = slot + 1
+            env = self._env(spec.task, slot)
+            obs = env.reset(spec)
+            self.active.append(env)
+            frames.append(env.render())
+            states.append(proprio(obs))
+        self.steps = [0] * len(specs)
+        self.last_state = list(states)
+        self.max_steps = max_steps
+        return np.stack(frames), np.stack(states)
+
+    def step_chunk(self, actions: np.ndarray, render_all: bool):
+        n, k = actions.shape[:2]
+        frames = []
+        states = np.stack(self.last_state[:n]).astype(np.float32)
+        rewards = np.zeros((n, k), np.float32)
+        success = np.zeros(n, bool)
+        executed = np.zeros(n, np.int64)
+        for i, env in enumerate(self.active):
+            env_frames = []
+            for j in range(k):
+                if self.steps[i] >= self.max_steps:
+                    break
+                result = env.step(actions[i, j])
+                self.steps[i] += 1
+                executed[i] += 1
+                rewards[i, j] = result.reward
+                success[i] |= result.success
+                states[i] = self.last_state[i] = result.state
+                if render_all:
+                    env_frames.append(env.render())
+            last = env.render()
+            if render_all:
+                env_frames += [last] * (k - len(env_frames))  # pad a finished env with its last frame
+                frames.append(np.stack(env_frames))
+            else:
+                frames.append(last[None])
+        return np.stack(frames), states, rewards, success, executed
+
+
+def _worker_main(conn, render_args) -> None:
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    host = _EnvHost(*render_args)
+    while True:
+        cmd, args = conn.recv()
+        if cmd == "close":
+            conn.close()
+            return
+        try:
+            conn.send(("ok", getattr(host, cmd)(*args)))
+        except Exception as err:  # the parent re-raises with the worker's traceback
+            conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+
+
+class SimulatorWorkerError(RuntimeError):
+    """A simulator worker process raised; the message carries its traceback."""
+
+
+class BatchedSimulator:
+    """Real Meta-World envs over ``num_workers`` processes (0: in this process)."""
+
+    def __init__(self, image_size: int = 64, camera: str = "corner", goal_marker_scale: float = 3.0,
+                 num_workers: int = 2, max_episode_steps: int = 150):
+        self.render_args = (image_size, camera, goal_marker_scale)
+        self.max_episode_steps = max_episode_steps
+        self.num_workers = num_workers
+        self._local = _EnvHost(*self.render_args) if num_workers == 0 else None
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        self._split: list[slice] = []
+        if num_workers > 0:
+            ctx = mp.get_context("spawn")
+            for _ in range(num_workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker_main, args=(child, self.render_args), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+
+    @classmethod
+    def from_config(cls, sim_cfg, num_workers: int | None = None) -> "BatchedSimulator":
+        return cls(sim_cfg.image_size, sim_cfg.camera, sim_cfg.goal_marker_scale,
+                   sim_cfg.num_workers if num_workers is None else num_workers, sim_cfg.max_episode_steps)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _call(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
+        """Send ``(worker, command, args)`` calls, then gather replies in order."""
+        if self._local is not None:
+            return [getattr(self._local, cmd)(*args) for _, cmd, args in calls]
+        for w, cmd, args in calls:
+            self._conns[w].send((cmd, args))
+        out = []
+        for w, _, _ in calls:
+            try:
+                status, value = self._conns[w].recv()
+            except EOFError as err:
+                raise SimulatorWorkerError(f"simulator worker {w} died (exit code {self._procs[w].exitcode})") from err
+            if status == "error":
+                raise SimulatorWorkerError(f"simulator worker {w} failed: {value}")
+            out.append(value)
+        return out
+
+    # -- expert data ----------------------------------------------------------------------------
+    def record_episodes(self, specs: Sequence[EpisodeSpec], noise: Sequence[float], post_success_steps: int,
+                        progress=None) -> list[EpisodeRecord]:
+        """Record expert episodes, keeping every worker busy; results in the order of ``specs``."""
+        results: list[EpisodeRecord | None] = [None] * len(specs)
+        args = [(s, self.max_episode_steps, float(n), post_success_steps) for s, n in zip(specs, noise)]
+        if self._local is not None:
+            for i, a in enumerate(args):
+                results[i] = self._local.record(*a)
+                if progress:
+                    progress.update(1)
+            return results  # type: ignore[return-value]
+        pending: dict[int, int] = {}
+        queue = list(range(len(specs)))
+        for w in range(self.num_workers):
+            if queue:
+                i = queue.pop(0)
+                self._conns[w].send(("record", args[i]))
+                pending[w] = i
+        from multiprocessing.connection import wait
+
+        while pending:
+            for conn in wait([self._conns[w] for w in pending]):
+                w = self._conns.index(conn)
+                status, value = conn.recv()
+                if status == "error":
+                    raise SimulatorWorkerError(f"simulator worker {w} failed: {value}")
+                results[pending.pop(w)] = value
+                if progress:
+                    progress.update(1)
+                if queue:
+                    i = queue.pop(0)
+                    conn.send(("record", args[i]))
+                    pending[w] = i
+        return results  # type: ignore[return-value]
+
+    # -- the simulator interface ----------------------------------------------------------------
+    def reset(self, starts: Sequence[EpisodeSpec]) -> Observation:
+        """Reset one env per episode spec (split evenly over the workers)."""
+        n = len(starts)
+        workers = max(1, self.num_workers)
+        bounds = np.linspace(0, n, workers + 1).round().astype(int)
+        self._split = [slice(bounds[w], bounds[w + 1]) for w in range(workers)]
+        calls = [(w, "reset", (list(starts[s]), self.max_episode_steps)) for w, s in enumerate(self._split) if s.stop > s.start]
+        replies = self._call(calls)
+        return Observation(np.concatenate([r[0] for r in replies]), np.concatenate([r[1] for r in replies]))
+
+    def step_chunk(self, actions: np.ndarray, render: str = "last") -> ChunkStep:
+        """Execute a (B, K, A) chunk in every env; ``render`` is 'last' (one frame) or 'all' (K frames)."""
+        if render not in ("last", "all"):
+            raise ValueError(f"render must be 'last' or 'all', got {render!r}")
+        actions = np.asarray(actions, dtype=np.float32)
+        calls = [(w, "step_chunk", (actions[s], render == "all")) for w, s in enumerate(self._split) if s.stop > s.start]
+        replies = self._call(calls)
+        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(5)))
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("close", ()))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> "BatchedSimulator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""The task suite as data: names, instructions and where each task keeps its layout.
+
+Pure data, no imports from the package, so ``config`` can validate task names without importing
+the simulator. ``rand_vec`` is Meta-World's per-episode layout vector (``_last_rand_vec``); its
+layout differs by task (see each task's ``reset_model`` in ``metaworld/envs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the suite."""
+
+    name: str  #: our name, e.g. "push"
+    env_name: str  #: Meta-World v3 environment name
+    expert: str  #: class name in ``metaworld.policies``
+    instruction: str  #: the natural-language instruction the policy reads
+    object_slice: tuple[int, int] | None  #: rand_vec indices of the movable object's xyz, if any
+    goal_slice: tuple[int, int] | None  #: rand_vec indices of a free goal's xyz (None: goal fixed to the object)
+    #: push and reach redraw their layout until object and goal are this far apart in xy
+    #: (with a frozen layout that is closer, Meta-World's reset never returns)
+    min_object_goal_xy: float = 0.0
+    moves_object: bool = True  #: the task moves an object or an articulated part
+    #: axes an object shift may use: the drawers' cases cannot move in y (Meta-World fixes y; pushed
+    #: back, the case collides and the drawer pops open during reset), so they shift along x only
+    object_shift_axes: str = "xy"
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("reach", "reach-v3", "SawyerReachV3Policy", "reach the green goal with the gripper",
+                 object_slice=None, goal_slice=(3, 6), min_object_goal_xy=0.15, moves_object=False),
+        TaskSpec("push", "push-v3", "SawyerPushV3Policy", "push the puck to the green goal",
+                 object_slice=(0, 3), goal_slice=(3, 6), min_object_goal_xy=0.15),
+        TaskSpec("drawer-open", "drawer-open-v3", "SawyerDrawerOpenV3Policy", "open the drawer",
+                 object_slice=(0, 3), goal_slice=None, object_shift_axes="x"),
+        TaskSpec("drawer-close", "drawer-close-v3", "SawyerDrawerCloseV3Policy", "close the drawer",
+                 object_slice=(0, 3), goal_slice=None, object_shift_axes="x"),
+        TaskSpec("button-press-topdown", "button-press-topdown-v3", "SawyerButtonPressTopdownV3Policy",
+                 "press the button down from the top", object_slice=(0, 3), goal_slice=None),
+        TaskSpec("door-open", "door-open-v3", "SawyerDoorOpenV3Policy", "open the door",
+                 object_slice=(0, 3), goal_slice=None),
+    )
+}
+
+#: Proprioception the policy sees: hand position (xyz) and gripper opening. Never object or goal
+#: positions (Meta-World's 39-d observation carries them: that would make the benchmark state-based).
+STATE_NAMES: tuple[str, ...] = ("hand_x", "hand_y", "hand_z", "gripper_open")
+ACTION_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "grip")
+STATE_DIM = len(STATE_NAMES)
+ACTION_DIM = len(ACTION_NAMES)
+#: Meta-World: frame_skip 5 x timestep 2.5 ms = 12.5 ms per env step
+FPS = 80

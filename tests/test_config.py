@@ -1,0 +1,48 @@
+import pytest
+
+from vla_rft.config import ConfigError, config_from_dict, load_config
+from vla_rft.tasks import TASKS
+
+
+def test_profiles_load_and_differ():
+    quick = load_config("params.yaml", profile="quick")
+    standard = load_config("params.yaml", profile="standard")
+    assert quick.profile == "quick" and standard.profile == "standard"
+    assert standard.prepare_data.episodes_per_task >= 50
+    assert len(standard.sim.tasks) >= 6
+    assert quick.prepare_data.episodes_per_task < standard.prepare_data.episodes_per_task
+
+
+def test_override_applies_and_is_typed():
+    cfg = load_config("params.yaml", profile="quick", overrides=["sim.image_size=96", "common.device=cuda"])
+    assert cfg.sim.image_size == 96 and cfg.common.device == "cuda"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"sim": {"image_sizee": 64}}, "unknown key 'sim.image_sizee'"),
+        ({"sim": {"image_size": "big"}}, "sim.image_size must be an integer"),
+        ({"sim": {"tasks": ["push", "fly-to-moon"]}}, "unknown task 'fly-to-moon'"),
+        ({"simulator": {}}, "unknown section 'simulator'"),
+        ({"prepare_data": {"keep_failed": "yes"}}, "prepare_data.keep_failed must be true or false"),
+        ({"common": {"chunk_len": 0}}, "common.chunk_len must be >= 1"),
+    ],
+)
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_from_dict(raw)
+
+
+def test_unknown_task_error_lists_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"sim": {"tasks": ["nope"]}})
+    for name in TASKS:
+        assert name in str(err.value)
+
+
+def test_unknown_profile_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        load_config("params.yaml", profile="huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
