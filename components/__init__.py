@@ -1,0 +1,1 @@
+"""KFP components: thin wrappers around vla_rft.stages (shipped as vla_rft.components)."""

@@ -1,0 +1,1 @@
+"""RFT: verified rewards and the GRPO trainer."""
