@@ -4,8 +4,9 @@ Components are made by :func:`build_components` for a given image, because a KFP
 base image is fixed when it is compiled. The image has every dependency baked in, so nothing is
 pip-installed at run time (``install_kfp_package=False``; air-gapped clusters have no PyPI).
 Each function body imports ``vla_rft`` itself: KFP ships the body's source, not this module.
-The configuration travels as ``params_yaml`` (the text of params.yaml), not as a dict: KFP
-stores dict parameters as protobuf Structs, which turn every integer into a float.
+The configuration travels as ``params_json`` (params.yaml as one line of JSON), not as a dict:
+KFP stores dict parameters as protobuf Structs, which turn every integer into a float, and a
+multi-line string default breaks the comment header of the compiled YAML.
 """
 
 
@@ -21,17 +22,16 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
     """The stage components for ``image``, by stage name."""
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def prepare_data(params_yaml: str, profile: str, overrides: list, dataset: Output[Dataset],
+    def prepare_data(params_json: str, profile: str, overrides: list, dataset: Output[Dataset],
                      summary: Output[Markdown]) -> NamedTuple("Outputs", [("episodes", int), ("expert_success", float)]):
         """Record scripted-expert episodes in Meta-World as a Parquet dataset."""
         import json
         from collections import namedtuple
 
-        import yaml
         from vla_rft import stages
         from vla_rft.config import config_from_dict
 
-        cfg = config_from_dict(yaml.safe_load(params_yaml), profile=profile, overrides=list(overrides))
+        cfg = config_from_dict(json.loads(params_json), profile=profile, overrides=list(overrides))
         result = stages.prepare_data(cfg, dataset.path, overwrite=True, progress=False)
         dataset.metadata.update({k: result[k] for k in ("episodes", "frames", "expert_success")})
         with open(summary.path, "w") as f:

@@ -1,11 +1,12 @@
 """The vla-rft KFP pipeline: prepare-data -> (train-world-model || pretrain-policy) -> rft -> evaluate -> promote.
 
-Parameters come from ``params.yaml``: the whole file is the ``params_yaml`` parameter's default, so a
+Parameters come from ``params.yaml``: the whole file (as JSON) is the ``params_json`` parameter's default, so a
 compiled package is self-contained and the Kubeflow UI shows every hyperparameter. MinIO
 credentials reach the pods from a Kubernetes Secret (``use_secret_as_env``), never as parameters.
 """
 
 
+import json
 from pathlib import Path
 
 import yaml
@@ -19,19 +20,19 @@ S3_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCE
 
 
 def load_params(path="params.yaml") -> str:
-    """The text of params.yaml, checked to parse and validate."""
+    """params.yaml as one line of JSON (ints stay ints), checked to validate."""
     from vla_rft.config import config_from_dict
 
-    text = Path(path).read_text()
-    config_from_dict(yaml.safe_load(text))
-    return text
+    raw = yaml.safe_load(Path(path).read_text())
+    config_from_dict(raw)
+    return json.dumps(raw, sort_keys=True)
 
 
-def build_pipeline(params_yaml: str, image: str = DEFAULT_IMAGE, s3_endpoint: str = "http://minio-service:9000",
+def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: str = "http://minio-service:9000",
                    cluster: bool = True):
     """The pipeline function with ``params`` as its default; ``cluster=False`` leaves out Kubernetes-only settings."""
     comps = build_components(image)
-    default_profile = str(yaml.safe_load(params_yaml).get("profile", "quick"))
+    default_profile = str(json.loads(params_json).get("profile", "quick"))
 
     def _on_cluster(task, cpu: str, memory: str):
         task.set_cpu_request(cpu).set_memory_request(memory)
@@ -41,9 +42,9 @@ def build_pipeline(params_yaml: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         return task
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
-    def vla_rft_pipeline(params_yaml: str = params_yaml, profile: str = default_profile,
+    def vla_rft_pipeline(params_json: str = params_json, profile: str = default_profile,
                          overrides: list = []):  # noqa: B006 - KFP parameters need literal defaults
-        data = comps["prepare-data"](params_yaml=params_yaml, profile=profile, overrides=overrides)
+        data = comps["prepare-data"](params_json=params_json, profile=profile, overrides=overrides)
         data.set_display_name("prepare-data")
         _on_cluster(data, "2", "4Gi")
 

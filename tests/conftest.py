@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers: s3server, kfp_server
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,38 @@ def _write_summary(args: argparse.Namespace, summary: dict) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    # only these commands reach pipelines/ (and kfp); the stages never do
+    from vla_rft.pipelines import client
+
+    try:
+        if args.action == "compile":
+            path = client.compile_pipeline(args.out or client.COMPILED_PATH, args.params,
+                                           image=args.image or client.DEFAULT_IMAGE)
+            print(f"pipeline compile: wrote {path}")
+        elif args.action == "run":
+            if not args.local:
+                print("vla-rft pipeline run: only --local is supported here; use `pipeline submit` for a cluster",
+                      file=sys.stderr)
+                return 2
+            result = client.run_local(args.pipeline_root, args.params, args.profile, args.overrides)
+            print(f"pipeline run: finished in {result['seconds']:.1f} s; artifacts under {result['pipeline_root']}")
+            for name, value in result["outputs"].items():
+                print(f"  {name}: {value}")
+            return _write_summary(args, result)
+        elif args.action == "submit":
+            result = client.submit(args.host, args.experiment, args.profile, args.run_name, args.package, args.overrides)
+            print(f"pipeline submit: run {result['run_id']} in experiment {result['experiment']!r}")
+        elif args.action == "schedule":
+            result = client.schedule(args.host, args.cron, args.experiment, args.max_concurrency, args.profile,
+                                     args.job_name, args.package, args.overrides)
+            print(f"pipeline schedule: recurring run {result['recurring_run_id']} ({result['cron']})")
+    except client.PipelineError as err:
+        print(f"vla-rft pipeline {args.action}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-rft", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -61,6 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset: a local path or s3://bucket/prefix")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.set_defaults(func=_cmd_prepare_data)
+
+    p = sub.add_parser("pipeline", help="the KFP pipeline: run locally, compile, submit or schedule on a cluster")
+    acts = p.add_subparsers(dest="action", required=True)
+    a = acts.add_parser("run", help="run the whole DAG locally with kfp.local")
+    _add_config_args(a)
+    a.add_argument("--local", action="store_true", help="run here with kfp.local (no cluster)")
+    a.add_argument("--pipeline-root", default="runs/kfp", help="where local artifacts go (default: runs/kfp)")
+    a = acts.add_parser("compile", help="write the pipeline package YAML")
+    a.add_argument("--params", default="params.yaml")
+    a.add_argument("--out", default=None, help="default: pipelines/vla_rft_pipeline.yaml")
+    a.add_argument("--image", default=None, help="the project image every component runs in")
+    for name, helptext in (("submit", "start one run on a Kubeflow cluster"),
+                           ("schedule", "create a recurring run (scheduled retraining)")):
+        a = acts.add_parser(name, help=helptext)
+        a.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        a.add_argument("--experiment", default="vla-rft")
+        a.add_argument("--profile", default=None)
+        a.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        a.add_argument("--package", default=None, help="a compiled package (default: compile now)")
+        if name == "submit":
+            a.add_argument("--run-name", default=None)
+        else:
+            a.add_argument("--cron", required=True, help="6-field cron, seconds first: '0 0 3 * * *' = 03:00 daily")
+            a.add_argument("--max-concurrency", type=int, default=1)
+            a.add_argument("--job-name", default=None)
+    p.set_defaults(func=_cmd_pipeline)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""Compile the pipeline, run it locally with ``kfp.local``, submit it or schedule it on a cluster.
+
+Only the CLI's ``pipeline`` commands import this module; the library's stages never import kfp.
+"""
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from vla_rft.components.stage_components import DEFAULT_IMAGE
+from vla_rft.pipelines.pipeline import PIPELINE_NAME, build_pipeline, load_params
+
+#: the package the repo ships for upload in the Kubeflow UI (a test fails when it is stale)
+COMPILED_PATH = Path(__file__).with_name("vla_rft_pipeline.yaml")
+
+_CRON_FIELD = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
+_CRON_RANGES = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+_CRON_NAMES = ("seconds", "minutes", "hours", "day of month", "month", "day of week")
+
+
+class PipelineError(ValueError):
+    """A pipeline command got an invalid argument (bad cron expression, missing file, ...)."""
+
+
+def validate_cron(expr: str) -> str:
+    """Check a KFP cron expression: six fields, seconds first (e.g. ``0 0 3 * * *`` = 03:00 daily)."""
+    fields = expr.split()
+    if len(fields) != 6:
+        raise PipelineError(
+            f"invalid cron expression {expr!r}: KFP needs 6 fields (seconds minutes hours day-of-month "
+            f"month day-of-week), got {len(fields)}; e.g. '0 0 3 * * *' runs daily at 03:00"
+        )
+    for field, (lo, hi), name in zip(fields, _CRON_RANGES, _CRON_NAMES):
+        if not _CRON_FIELD.match(field):
+            raise PipelineError(f"invalid cron expression {expr!r}: field {name} ({field!r}) is malformed")
+        for number in re.findall(r"(?<![/0-9])[0-9]+", field):
+            if not lo <= int(number) <= hi:
+                raise PipelineError(f"invalid cron expression {expr!r}: {name} value {number} is outside [{lo}, {hi}]")
+    return expr
+
+
+def compile_pipeline(out: str | Path = COMPILED_PATH, params_path: str | Path = "params.yaml",
+                     image: str = DEFAULT_IMAGE, s3_endpoint: str = "http://minio-service:9000") -> Path:
+    """Write the pipeline package YAML (for ``submit``, ``schedule`` or upload in the Kubeflow UI)."""
+    from kfp import compiler
+
+    out = Path(out)
+    pipeline = build_pipeline(load_params(params_path), image=image, s3_endpoint=s3_endpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, str(out))
+    return out
+
+
+def run_local(pipeline_root: str | Path, params_path: str | Path = "params.yaml", profile: str | None = None,
+              overrides: list[str] | None = None) -> dict:
+    """Run the whole DAG in this machine's Python with kfp.local's SubprocessRunner."""
+    from kfp import local
+
+    params_json = load_params(params_path)
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    pipeline = build_pipeline(params_json, cluster=False)
+    kwargs = {"overrides": list(overrides or [])}
+    if profile:
+        kwargs["profile"] = profile
+    start = time.time()
+    task = pipeline(**kwargs)
+    outputs = {name: getattr(value, "uri", value) for name, value in (task.outputs or {}).items()}
+    return {"pipeline_root": str(root), "seconds": time.time() - start, "outputs": outputs}
+
+
+def _client(host: str):
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def _experiment_id(client, name: str) -> str:
+    try:
+        return client.get_experiment(experiment_name=name).experiment_id
+    except ValueError:
+        return client.create_experiment(name=name).experiment_id
+
+
+def _package(package: str | Path | None, tmp: str) -> str:
+    if package:
+        if not Path(package).exists():
+            raise PipelineError(f"pipeline package {package} does not exist; run `vla-rft pipeline compile` first")
+        return str(package)
+    return str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
+
+
+def submit(host: str, experiment: str = PIPELINE_NAME, profile: str | None = None, run_name: str | None = None,
+           package: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Start one run on a Kubeflow cluster."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _package(package, tmp)
+        client = _client(host)
+        params = {"overrides": list(overrides or [])}
+        if profile:
+            params["profile"] = profile
+        result = client.create_run_from_pipeline_package(
+            path, arguments=params, run_name=run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            experiment_name=experiment,
+        )
+    return {"run_id": result.run_id, "experiment": experiment}
+
+
+def schedule(host: str, cron: str, experiment: str = PIPELINE_NAME, max_concurrency: int = 1,
+             profile: str | None = None, job_name: str | None = None, package: str | Path | None = None,
+             overrides: list[str] | None = None) -> dict:
+    """Create a recurring run (scheduled retraining); the evaluate stage's promotion gate keeps the best model."""
+    validate_cron(cron)
+    if max_concurrency < 1:
+        raise PipelineError(f"--max-concurrency must be >= 1, got {max_concurrency}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _package(package, tmp)
+        client = _client(host)
+        params = {"overrides": list(overrides or [])}
+        if profile:
+            params["profile"] = profile
+        rr = client.create_recurring_run(
+            experiment_id=_experiment_id(client, experiment), job_name=job_name or f"{PIPELINE_NAME} retraining",
+            cron_expression=cron, max_concurrency=max_concurrency, no_catchup=True, params=params,
+            pipeline_package_path=path,
+        )
+    return {"recurring_run_id": rr.recurring_run_id, "cron": cron, "experiment": experiment}
