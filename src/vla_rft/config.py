@@ -106,6 +106,24 @@ class PrepareDataConfig:
 
 
 @dataclass
+class PromoteConfig:
+    """The model registry's champion/challenger gate (the ``promote`` stage)."""
+
+    #: registry root: a local path or s3://<models-bucket>/<name>; versions live under it and
+    #: ``champion.json`` points at the current champion
+    registry: str = "runs/registry"
+    policy: str = "rft"  #: which evaluated policy is the challenger
+    metric: str = "all"  #: overall success to compare: nominal, perturbed or all (mean over suites)
+    min_improvement: float = 0.0  #: the challenger must beat the champion by more than this (0.01 = 1 point)
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("nominal", "perturbed", "all"):
+            raise ConfigError(f"promote.metric: unknown metric {self.metric!r}; allowed: nominal, perturbed, all")
+        if not 0 <= self.min_improvement < 1:
+            raise ConfigError(f"promote.min_improvement must be in [0, 1), got {self.min_improvement}")
+
+
+@dataclass
 class Config:
     """The whole configuration, one attribute per params.yaml section."""
 
@@ -113,6 +131,7 @@ class Config:
     common: CommonConfig = field(default_factory=CommonConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     prepare_data: PrepareDataConfig = field(default_factory=PrepareDataConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,9 +7,12 @@ built in a private temporary directory and published atomically with its manifes
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,75 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
         "size_bytes": size,
         "seconds": time.time() - start,
     }
+
+
+def _evaluation_fingerprint(metrics: dict[str, Any], policy: str) -> dict[str, Any]:
+    """What must match for two evaluations to be comparable: the same tasks, suites and episodes."""
+    entry = metrics["policies"][policy]
+    return {
+        "tasks": list(metrics["tasks"]),
+        "suites": [s["name"] for s in metrics["suites"]],
+        "episodes_per_task": entry.get("episodes_per_task"),
+        "max_episode_steps": entry.get("max_episode_steps"),
+    }
+
+
+def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: str | None = None,
+            force: bool = False) -> dict[str, Any]:
+    """Champion/challenger: make the candidate policy the registry's champion only if it beats it.
+
+    The candidate is copied, verified, to ``<registry>/versions/<id>/`` first; only then does
+    one atomic write of ``<registry>/champion.json`` switch the champion. A partial or failed copy
+    never becomes the champion, and a worse model never replaces a better one. Every decision is
+    recorded under ``<registry>/decisions/``.
+    """
+    pcfg = cfg.promote
+    registry = registry or pcfg.registry
+    eval_dir, _ = storage.read_artifact(evaluation_uri, expected_kind="evaluation")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    if pcfg.policy not in metrics.get("policies", {}):
+        raise ValueError(f"the evaluation has no policy {pcfg.policy!r}; it has {sorted(metrics.get('policies', {}))}")
+    score = metrics["policies"][pcfg.policy]["overall"][pcfg.metric]
+    if score is None:
+        raise ValueError(f"the evaluation has no '{pcfg.metric}' success rate for {pcfg.policy!r}")
+    fingerprint = _evaluation_fingerprint(metrics, pcfg.policy)
+    champion = storage.read_json(storage.join_uri(registry, "champion.json"))
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    decision: dict[str, Any] = {"time": now, "candidate": candidate_uri, "metric": pcfg.metric,
+                                "candidate_score": score, "champion": champion, "promoted": False}
+    promote_it = True
+    if force:
+        decision["reason"] = "forced"
+    elif champion is None:
+        decision["reason"] = "no champion yet"
+    elif champion.get("fingerprint") != fingerprint:
+        promote_it = False
+        decision["reason"] = ("the champion was evaluated on other tasks/suites/episodes; not comparable "
+                              "(re-evaluate it, or promote with force)")
+    elif score <= champion["score"] + pcfg.min_improvement:
+        promote_it = False
+        decision["reason"] = (f"candidate {pcfg.metric} success {score:.3f} does not beat the champion's "
+                              f"{champion['score']:.3f} by more than {pcfg.min_improvement:.3f}")
+    else:
+        decision["reason"] = f"beats the champion ({score:.3f} > {champion['score']:.3f})"
+
+    if promote_it:
+        with tempfile.TemporaryDirectory(prefix="vla-rft-promote-") as tmp:
+            model_dir, manifest = storage.read_artifact(candidate_uri, expected_kind="policy",
+                                                        cache_dir=Path(tmp) / "cache")
+            staged = Path(tmp) / "staged"
+            shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(storage.MANIFEST_NAME))
+            (staged / "evaluation.json").write_text(json.dumps(metrics["policies"][pcfg.policy], indent=2))
+            digest = manifest["files"][sorted(manifest["files"])[0]]["sha256"][:8]
+            version = f"{now}-{digest}"
+            version_uri = storage.join_uri(registry, "versions", version)
+            storage.write_artifact(staged, version_uri, kind="policy", config=manifest.get("config", {}))
+        storage.write_json(storage.join_uri(registry, "champion.json"), {
+            "version": version, "uri": version_uri, "score": score, "metric": pcfg.metric,
+            "fingerprint": fingerprint, "promoted_at": now, "source": candidate_uri,
+            "previous": champion and champion.get("version"),
+        })
+        decision.update(promoted=True, version=version, uri=version_uri)
+    outcome = "promoted" if decision["promoted"] else "kept"
+    storage.write_json(storage.join_uri(registry, "decisions", f"{now}-{outcome}-{uuid.uuid4().hex[:8]}.json"), decision)
+    return decision

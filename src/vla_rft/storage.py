@@ -551,3 +551,49 @@ def read_artifact(
     root = _local_path(uri)
     _verify_local(root, manifest, uri)
     return root, manifest
+
+
+def write_json(uri: str, obj: Any) -> None:
+    """Write one small JSON document atomically: a single PUT on S3, temp file + rename locally.
+
+    Used for pointers (e.g. the model registry's champion), where a reader must see the old
+    document or the new one, never a mix.
+    """
+    data = json.dumps(obj, indent=2, sort_keys=True).encode()
+    if is_s3_uri(uri):
+        bucket, key = parse_s3_uri(uri)
+        if not key:
+            raise ValueError(f"{uri}: a JSON document needs a key, not only a bucket")
+        _Bucket(bucket).upload_bytes(key, data)
+        return
+    path = _local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(uri: str) -> Any | None:
+    """The JSON document at ``uri``, or None if there is none."""
+    if is_s3_uri(uri):
+        bucket, key = parse_s3_uri(uri)
+        data = _Bucket(bucket).get_bytes(key)
+    else:
+        path = _local_path(uri)
+        data = path.read_bytes() if path.is_file() else None
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as err:
+        raise ArtifactIntegrityError(f"{uri} is not valid JSON ({err.msg})") from None
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base`` with path parts appended, for local paths and s3:// URIs alike."""
+    if is_s3_uri(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base).joinpath(*parts))

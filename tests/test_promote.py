@@ -1,0 +1,90 @@
+"""The model registry's champion/challenger gate, against a real S3 endpoint on loopback."""
+
+import json
+
+import pytest
+
+from s3server import raw_client, s3_env, s3_server  # noqa: F401 - fixtures
+from vla_rft import stages, storage
+from vla_rft.config import load_config
+
+TASKS = ["push", "drawer-open"]
+
+
+def _evaluation(tmp_path, name, score, episodes=20):
+    """A real evaluation artifact (metrics.json in the evaluate stage's schema) scoring ``score``."""
+    metrics = {
+        "schema_version": 1, "tasks": TASKS, "suites": [{"name": "nominal", "kind": "none", "magnitude_cm": 0.0}],
+        "policies": {"rft": {"episodes_per_task": episodes, "max_episode_steps": 150,
+                             "overall": {"nominal": score, "perturbed": None, "all": score}}},
+    }
+    src = tmp_path / f"eval-{name}"
+    src.mkdir()
+    (src / "metrics.json").write_text(json.dumps(metrics))
+    uri = str(tmp_path / f"eval-{name}-artifact")
+    storage.write_artifact(src, uri, kind="evaluation", config={})
+    return uri
+
+
+def _policy(tmp_path, name, payload: bytes):
+    src = tmp_path / f"policy-{name}"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(payload)
+    (src / "config.json").write_text(json.dumps({"name": name}))
+    uri = str(tmp_path / f"policy-{name}-artifact")
+    storage.write_artifact(src, uri, kind="policy", config={})
+    return uri
+
+
+@pytest.fixture
+def cfg():
+    return load_config("params.yaml", profile="quick")
+
+
+def test_champion_challenger_on_s3(cfg, s3_env, tmp_path):  # noqa: F811
+    registry = f"s3://{s3_env.bucket}/registry-{tmp_path.name}"
+    first = stages.promote(cfg, _policy(tmp_path, "a", b"A" * 100), _evaluation(tmp_path, "a", 0.60), registry=registry)
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    champion = storage.read_json(f"{registry}/champion.json")
+    path, _ = storage.read_artifact(champion["uri"], expected_kind="policy")
+    assert (path / "model.safetensors").read_bytes() == b"A" * 100
+    assert json.loads((path / "evaluation.json").read_text())["overall"]["all"] == 0.60
+
+    worse = stages.promote(cfg, _policy(tmp_path, "b", b"B" * 100), _evaluation(tmp_path, "b", 0.55), registry=registry)
+    assert not worse["promoted"] and "does not beat" in worse["reason"]
+    assert storage.read_json(f"{registry}/champion.json")["version"] == first["version"]
+
+    better = stages.promote(cfg, _policy(tmp_path, "c", b"C" * 100), _evaluation(tmp_path, "c", 0.70), registry=registry)
+    assert better["promoted"]
+    now = storage.read_json(f"{registry}/champion.json")
+    assert now["version"] == better["version"] and now["previous"] == first["version"]
+    path, _ = storage.read_artifact(now["uri"], expected_kind="policy")
+    assert (path / "model.safetensors").read_bytes() == b"C" * 100
+    decisions = [o.object_name for o in raw_client(s3_env.endpoint).list_objects(
+        s3_env.bucket, prefix=f"registry-{tmp_path.name}/decisions/", recursive=True)]
+    assert len(decisions) == 3
+
+
+def test_not_comparable_evaluation_keeps_champion(cfg, tmp_path):
+    registry = str(tmp_path / "registry")
+    stages.promote(cfg, _policy(tmp_path, "a", b"A"), _evaluation(tmp_path, "a", 0.5), registry=registry)
+    kept = stages.promote(cfg, _policy(tmp_path, "b", b"B"), _evaluation(tmp_path, "b", 0.9, episodes=5),
+                          registry=registry)
+    assert not kept["promoted"] and "not comparable" in kept["reason"]
+
+
+def test_partial_candidate_never_becomes_champion(cfg, tmp_path):
+    registry = str(tmp_path / "registry")
+    first = stages.promote(cfg, _policy(tmp_path, "a", b"A"), _evaluation(tmp_path, "a", 0.5), registry=registry)
+    # a candidate whose upload died: files present, no manifest
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(storage.ArtifactNotFoundError):
+        stages.promote(cfg, str(partial), _evaluation(tmp_path, "p", 0.99), registry=registry)
+    # a candidate whose file was corrupted after it was written
+    good = _policy(tmp_path, "x", b"X" * 10)
+    (tmp_path / "policy-x-artifact" / "model.safetensors").write_bytes(b"Y" * 10)
+    with pytest.raises(storage.ArtifactIntegrityError):
+        stages.promote(cfg, good, _evaluation(tmp_path, "x", 0.99), registry=registry)
+    assert storage.read_json(f"{registry}/champion.json")["version"] == first["version"]
