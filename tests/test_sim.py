@@ -110,3 +110,26 @@ def test_batched_simulator_across_processes_matches_in_process():
     np.testing.assert_array_equal(s0.frames, s1.frames)
     assert s0.frames.shape == (3, 8, 64, 64, 3)
     np.testing.assert_allclose(s0.states, s1.states)
+
+
+def test_inactive_envs_do_not_step_and_success_step_is_exact():
+    specs = [EpisodeSpec("drawer-close", 30), EpisodeSpec("drawer-close", 31)]
+    with BatchedSimulator(num_workers=0) as sim:
+        obs = sim.reset(specs)
+        still = sim.step_chunk(np.ones((2, 8, 4), np.float32), active=np.array([True, False]))
+        assert list(still.steps) == [8, 0]
+        np.testing.assert_array_equal(still.frames[1, 0], obs.frames[1])
+        np.testing.assert_allclose(still.states[1], obs.states[1])
+    # the expert's recorded actions replayed in chunks report success at the exact step
+    from vla_rft.sim.env import get_env
+    rec = record_expert_episode(get_env("drawer-close"), specs[0], max_steps=150)
+    with BatchedSimulator(num_workers=0) as sim:
+        sim.reset([specs[0]])
+        t = 0
+        while True:
+            chunk = rec.actions[t:t + 8]
+            step = sim.step_chunk(chunk[None])
+            if step.success[0]:
+                assert t + int(step.first_success[0]) == rec.first_success_step
+                break
+            t += 8

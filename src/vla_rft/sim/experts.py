@@ -22,7 +22,7 @@ class EpisodeRecord:
     """One recorded episode; row t holds the frame *before* action t."""
 
     spec: EpisodeSpec
-    frames: np.ndarray  #: (T, H, W, 3) uint8
+    frames: np.ndarray  #: (T, H, W, 3) uint8 (every ``render_every``-th frame only, if that was > 1)
     states: np.ndarray  #: (T, STATE_DIM) float32
     actions: np.ndarray  #: (T, A) float32, what was executed (noise included)
     expert_actions: np.ndarray  #: (T, A) float32, the expert's clean action (BC label)
@@ -43,12 +43,15 @@ def record_expert_episode(
     max_steps: int,
     action_noise: float = 0.0,
     post_success_steps: int = 8,
+    render_every: int = 1,
 ) -> EpisodeRecord:
     """Run the scripted expert from ``spec``'s layout, rendering every step.
 
     With ``action_noise > 0`` Gaussian noise is added to the executed action (DART-style) so the
     data covers small recoveries; the clean expert action is kept as the label. The episode ends
-    ``post_success_steps`` after the first success, or at ``max_steps``.
+    ``post_success_steps`` after the first success, or at ``max_steps``. ``render_every > 1``
+    renders (and keeps) only every n-th frame: rendering is most of the cost when only success
+    matters, e.g. when the expert is the reference in an evaluation.
     """
     expert = make_expert(spec.task)
     noise_rng = _rng("action-noise", spec.task, spec.seed)
@@ -56,7 +59,8 @@ def record_expert_episode(
     frames, states, actions, labels, rewards, successes = [], [], [], [], [], []
     first_success = -1
     for t in range(max_steps):
-        frames.append(env.render())
+        if t % render_every == 0:
+            frames.append(env.render())
         states.append(proprio(obs))
         label = np.clip(expert.get_action(obs), -1.0, 1.0).astype(np.float32)
         executed = label

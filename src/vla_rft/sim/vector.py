@@ -38,7 +38,8 @@ class ChunkStep:
     states: np.ndarray  #: (B, STATE_DIM) after the chunk
     rewards: np.ndarray  #: (B, K) env rewards
     success: np.ndarray  #: (B,) bool, success reached at any step of the chunk
-    steps: np.ndarray  #: (B,) env steps executed (fewer than K when an env was already done)
+    steps: np.ndarray  #: (B,) env steps executed (fewer than K when an env was already done or inactive)
+    first_success: np.ndarray  #: (B,) 1-based step of the chunk at which success first held, 0 if none
 
 
 class _EnvHost:
@@ -50,6 +51,7 @@ class _EnvHost:
         self.active: list[MetaWorldEnv] = []
         self.steps: list[int] = []
         self.last_state: list[np.ndarray] = []
+        self.last_frame: list[np.ndarray | None] = []
         self.max_steps = 500
 
     def _env(self, task: str, slot: int) -> MetaWorldEnv:
@@ -58,8 +60,8 @@ class _EnvHost:
             self.pool[key] = MetaWorldEnv(task, *self.render_args)
         return self.pool[key]
 
-    def record(self, spec: EpisodeSpec, max_steps: int, noise: float, post: int) -> EpisodeRecord:
-        return record_expert_episode(self._env(spec.task, 0), spec, max_steps, noise, post)
+    def record(self, spec: EpisodeSpec, max_steps: int, noise: float, post: int, render_every: int = 1) -> EpisodeRecord:
+        return record_expert_episode(self._env(spec.task, 0), spec, max_steps, noise, post, render_every)
 
     def reset(self, specs: Sequence[EpisodeSpec], max_steps: int) -> tuple[np.ndarray, np.ndarray]:
         counts: dict[str, int] = {}
@@ -74,36 +76,43 @@ class _EnvHost:
             states.append(proprio(obs))
         self.steps = [0] * len(specs)
         self.last_state = list(states)
+        self.last_frame = list(frames)
         self.max_steps = max_steps
         return np.stack(frames), np.stack(states)
 
-    def step_chunk(self, actions: np.ndarray, render_all: bool):
+    def step_chunk(self, actions: np.ndarray, render_all: bool, active: np.ndarray | None = None):
         n, k = actions.shape[:2]
+        active = np.ones(n, bool) if active is None else np.asarray(active, bool)
         frames = []
         states = np.stack(self.last_state[:n]).astype(np.float32)
         rewards = np.zeros((n, k), np.float32)
         success = np.zeros(n, bool)
+        first_success = np.zeros(n, np.int64)
         executed = np.zeros(n, np.int64)
         for i, env in enumerate(self.active):
             env_frames = []
-            for j in range(k):
+            for j in range(k if active[i] else 0):
                 if self.steps[i] >= self.max_steps:
                     break
                 result = env.step(actions[i, j])
                 self.steps[i] += 1
                 executed[i] += 1
                 rewards[i, j] = result.reward
+                if result.success and not success[i]:
+                    first_success[i] = j + 1
                 success[i] |= result.success
                 states[i] = self.last_state[i] = result.state
                 if render_all:
                     env_frames.append(env.render())
-            last = env.render()
+            # an env that did not move keeps its last frame: no need to render it again
+            last = env.render() if executed[i] or self.last_frame[i] is None else self.last_frame[i]
+            self.last_frame[i] = last
             if render_all:
                 env_frames += [last] * (k - len(env_frames))  # pad a finished env with its last frame
                 frames.append(np.stack(env_frames))
             else:
                 frames.append(last[None])
-        return np.stack(frames), states, rewards, success, executed
+        return np.stack(frames), states, rewards, success, executed, first_success
 
 
 def _worker_main(conn, render_args) -> None:
@@ -171,10 +180,10 @@ class BatchedSimulator:
 
     # -- expert data ----------------------------------------------------------------------------
     def record_episodes(self, specs: Sequence[EpisodeSpec], noise: Sequence[float], post_success_steps: int,
-                        progress=None) -> list[EpisodeRecord]:
+                        progress=None, render_every: int = 1) -> list[EpisodeRecord]:
         """Record expert episodes, keeping every worker busy; results in the order of ``specs``."""
         results: list[EpisodeRecord | None] = [None] * len(specs)
-        args = [(s, self.max_episode_steps, float(n), post_success_steps) for s, n in zip(specs, noise)]
+        args = [(s, self.max_episode_steps, float(n), post_success_steps, render_every) for s, n in zip(specs, noise)]
         if self._local is not None:
             for i, a in enumerate(args):
                 results[i] = self._local.record(*a)
@@ -216,14 +225,22 @@ class BatchedSimulator:
         replies = self._call(calls)
         return Observation(np.concatenate([r[0] for r in replies]), np.concatenate([r[1] for r in replies]))
 
-    def step_chunk(self, actions: np.ndarray, render: str = "last") -> ChunkStep:
-        """Execute a (B, K, A) chunk in every env; ``render`` is 'last' (one frame) or 'all' (K frames)."""
+    def step_chunk(self, actions: np.ndarray, render: str = "last", active: np.ndarray | None = None) -> ChunkStep:
+        """Execute a (B, K, A) chunk in every env; ``render`` is 'last' (one frame) or 'all' (K frames).
+
+        Envs where ``active`` (B,) is False do not step (finished episodes cost nothing) and
+        return their last frame and state.
+        """
         if render not in ("last", "all"):
             raise ValueError(f"render must be 'last' or 'all', got {render!r}")
         actions = np.asarray(actions, dtype=np.float32)
-        calls = [(w, "step_chunk", (actions[s], render == "all")) for w, s in enumerate(self._split) if s.stop > s.start]
+        if actions.ndim != 3 or actions.shape[0] != self._split[-1].stop:
+            raise ValueError(f"actions must be (B={self._split[-1].stop}, K, A), got {actions.shape}")
+        active = np.ones(len(actions), bool) if active is None else np.asarray(active, bool)
+        calls = [(w, "step_chunk", (actions[s], render == "all", active[s]))
+                 for w, s in enumerate(self._split) if s.stop > s.start]
         replies = self._call(calls)
-        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(5)))
+        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(6)))
 
     def close(self) -> None:
         for conn in self._conns:
