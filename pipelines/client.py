@@ -3,6 +3,7 @@
 Only the CLI's ``pipeline`` commands import this module; the library's stages never import kfp.
 """
 
+import json
 import re
 import tempfile
 import time
@@ -66,9 +67,25 @@ def run_local(pipeline_root: str | Path, params_path: str | Path = "params.yaml"
     if profile:
         kwargs["profile"] = profile
     start = time.time()
-    task = pipeline(**kwargs)
-    outputs = {name: getattr(value, "uri", value) for name, value in (task.outputs or {}).items()}
-    return {"pipeline_root": str(root), "seconds": time.time() - start, "outputs": outputs}
+    before = {p.name for p in root.iterdir()}
+    pipeline(**kwargs)
+    runs = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise PipelineError(f"the local run left no run directory under {root}")
+    run_dir = runs[-1]
+    result = {"pipeline_root": str(root), "run_dir": str(run_dir), "seconds": time.time() - start}
+    evaluation = run_dir / "evaluate" / "evaluation"
+    if (evaluation / "metrics.json").exists():
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        result["report"] = str(evaluation / "report.html")
+        result["success"] = {name: entry["overall"] for name, entry in metrics["policies"].items()}
+        result["gain"] = [{"policy": c["policy"], "base": c["base"], **{k: v for k, v in c["gain"].items()
+                                                                        if k.startswith("overall") or k == "nominal"}}
+                          for c in metrics.get("comparisons", [])]
+    decision = run_dir / "promote" / "decision"
+    if decision.exists():
+        result["promotion"] = decision.read_text().split("```json", 1)[-1].split("```")[0].strip()
+    return result
 
 
 def _client(host: str):

@@ -30,12 +30,19 @@ def load_params(path="params.yaml") -> str:
 
 def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: str = "http://minio-service:9000",
                    cluster: bool = True):
-    """The pipeline function with ``params`` as its default; ``cluster=False`` leaves out Kubernetes-only settings."""
+    """The pipeline function with ``params_json`` as its default; ``cluster=False`` leaves out Kubernetes-only settings."""
     comps = build_components(image)
-    default_profile = str(json.loads(params_json).get("profile", "quick"))
+    raw = json.loads(params_json)
+    default_profile = str(raw.get("profile", "quick"))
+    default_registry = str(raw.get("promote", {}).get("registry", ""))
 
-    def _on_cluster(task, cpu: str, memory: str):
-        task.set_cpu_request(cpu).set_memory_request(memory)
+    def _resources(task, cpu: str, memory: str, gpus=None, retries: int = 0):
+        task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
+        if gpus is not None:
+            # GPU count is a pipeline parameter: 0 keeps the task on CPU nodes
+            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
+        if retries:
+            task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
         if cluster:
             task.set_env_variable("VLA_RFT_S3_ENDPOINT", s3_endpoint)
             kubernetes.use_secret_as_env(task, S3_SECRET_NAME, S3_SECRET_ENV, optional=True)
@@ -43,9 +50,23 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
     def vla_rft_pipeline(params_json: str = params_json, profile: str = default_profile,
-                         overrides: list = []):  # noqa: B006 - KFP parameters need literal defaults
-        data = comps["prepare-data"](params_json=params_json, profile=profile, overrides=overrides)
-        data.set_display_name("prepare-data")
-        _on_cluster(data, "2", "4Gi")
+                         overrides: list = [], device: str = "cpu", gpus: int = 0,  # noqa: B006 - KFP literal
+                         registry: str = default_registry):
+        common = dict(params_json=params_json, profile=profile, overrides=overrides)
+        data = comps["prepare-data"](device=device, **common).set_display_name("prepare-data")
+        _resources(data, "2", "8Gi")
+        wm = comps["train-world-model"](device=device, dataset=data.outputs["dataset"], **common)
+        _resources(wm.set_display_name("train-world-model"), "2", "8Gi", gpus if cluster else None, retries=2)
+        bc = comps["pretrain-policy"](device=device, dataset=data.outputs["dataset"], **common)
+        _resources(bc.set_display_name("pretrain-policy"), "2", "8Gi", gpus if cluster else None, retries=2)
+        tuned = comps["rft"](device=device, dataset=data.outputs["dataset"], world_model=wm.outputs["world_model"],
+                             base_policy=bc.outputs["policy"], **common)
+        _resources(tuned.set_display_name("rft"), "2", "8Gi", gpus if cluster else None, retries=2)
+        ev = comps["evaluate"](device=device, world_model=wm.outputs["world_model"], base_policy=bc.outputs["policy"],
+                               rft_policy=tuned.outputs["policy"], **common)
+        _resources(ev.set_display_name("evaluate"), "2", "8Gi")
+        gate = comps["promote"](policy=tuned.outputs["policy"], evaluation=ev.outputs["evaluation"],
+                                registry=registry, **common)
+        _resources(gate.set_display_name("promote"), "500m", "2Gi")
 
     return vla_rft_pipeline

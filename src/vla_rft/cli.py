@@ -44,6 +44,83 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     return _write_summary(args, summary)
 
 
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output model: a local path or s3://bucket/prefix")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model at --out")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where checkpoints go (default: <out>.ckpt, or the cache for s3:// outputs)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard checkpoints of an earlier run; by default a re-run resumes from them")
+
+
+def _cmd_train_world_model(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.train_world_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
+                                 checkpoint_dir=args.checkpoint_dir, restart=args.restart)
+    fid = s["fidelity"]
+    print(f"train-world-model: {s['train'].get('steps')} steps{' (resumed)' if s['resumed'] else ''}, "
+          f"val PSNR {fid['model']['whole']['mean']['psnr']:.2f} dB (copy-last {fid['copy_last']['whole']['mean']['psnr']:.2f}), "
+          f"{s['seconds']:.1f} s -> {s['uri']}")
+    return _write_summary(args, s)
+
+
+def _cmd_pretrain_policy(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.pretrain_policy(cfg, args.dataset, args.out, overwrite=args.overwrite,
+                               checkpoint_dir=args.checkpoint_dir, restart=args.restart)
+    t = s["train"]
+    print(f"pretrain-policy: {t.get('steps')} steps{' (resumed)' if s['resumed'] else ''}, final val loss "
+          f"{t.get('final_val_loss')}, {s['seconds']:.1f} s -> {s['uri']}")
+    return _write_summary(args, s)
+
+
+def _cmd_rft(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.rft(cfg, args.dataset, args.world_model, args.policy, args.out, overwrite=args.overwrite,
+                   checkpoint_dir=args.checkpoint_dir, restart=args.restart, verify=not args.no_verify)
+    t, fid = s["train"], s["reward_fidelity"] or {}
+    print(f"rft: {t['steps']} GRPO steps{' (resumed)' if s['resumed'] else ''}, {t['seconds_per_step']:.2f} s/step, "
+          f"reward {t['reward_first']:.4f} -> {t['reward_last']:.4f}, reward-fidelity Spearman "
+          f"{fid.get('spearman_expert_imagined', float('nan')):.2f}, {s['seconds']:.1f} s -> {s['uri']}")
+    return _write_summary(args, s)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    policies = {}
+    for item in args.policy:
+        name, sep, uri = item.partition("=")
+        if not sep or not name or not uri:
+            print(f"vla-rft evaluate: error: --policy takes NAME=URI, got {item!r}", file=sys.stderr)
+            return 2
+        policies[name] = uri
+    s = stages.evaluate(cfg, policies, args.out, world_model_uri=args.world_model, overwrite=args.overwrite)
+    for name, entry in s["metrics"]["policies"].items():
+        overall = entry["overall"]
+        print(f"evaluate: {name}: nominal {overall['nominal']:.1%}, perturbed "
+              f"{(overall['perturbed'] if overall['perturbed'] is not None else float('nan')):.1%}")
+    print(f"evaluate: report {args.out}/report.html ({s['seconds']:.1f} s)")
+    return _write_summary(args, {"uri": s["uri"], "seconds": s["seconds"],
+                                 "overall": {n: e["overall"] for n, e in s["metrics"]["policies"].items()}})
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    d = stages.promote(cfg, args.policy, args.evaluation, registry=args.registry, force=args.force)
+    print(f"promote: {'promoted ' + d['version'] if d['promoted'] else 'kept the champion'}: {d['reason']}")
+    return _write_summary(args, d)
+
+
 def _write_summary(args: argparse.Namespace, summary: dict) -> int:
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +143,17 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
             result = client.run_local(args.pipeline_root, args.params, args.profile, args.overrides)
-            print(f"pipeline run: finished in {result['seconds']:.1f} s; artifacts under {result['pipeline_root']}")
-            for name, value in result["outputs"].items():
-                print(f"  {name}: {value}")
+            print(f"pipeline run: finished in {result['seconds']:.1f} s; artifacts under {result['run_dir']}")
+            for name, overall in result.get("success", {}).items():
+                perturbed = overall.get("perturbed")
+                print(f"  success {name:>7}: nominal {overall['nominal']:.1%}, perturbed "
+                      f"{'n/a' if perturbed is None else format(perturbed, '.1%')}")
+            for gain in result.get("gain", []):
+                print(f"  gain {gain['policy']} vs {gain['base']}: nominal {100 * gain['nominal']:+.1f} points")
+            if "promotion" in result:
+                promoted = json.loads(result["promotion"])
+                print(f"  promote: {'promoted' if promoted['promoted'] else 'kept the champion'} ({promoted['reason']})")
+            print(f"  report: {result.get('report', 'none')}")
             return _write_summary(args, result)
         elif args.action == "submit":
             result = client.submit(args.host, args.experiment, args.profile, args.run_name, args.package, args.overrides)
@@ -93,6 +178,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset: a local path or s3://bucket/prefix")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     p.set_defaults(func=_cmd_prepare_data)
+
+    p = sub.add_parser("train-world-model", help="train the action-conditioned video model (the learned simulator)")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True)
+    _training_args(p)
+    p.set_defaults(func=_cmd_train_world_model)
+
+    p = sub.add_parser("pretrain-policy", help="behaviour-clone the VLA policy on expert chunks")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True)
+    _training_args(p)
+    p.set_defaults(func=_cmd_pretrain_policy)
+
+    p = sub.add_parser("rft", help="GRPO with verified rewards in the world model")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--world-model", required=True)
+    p.add_argument("--policy", required=True, help="the base (BC) policy")
+    p.add_argument("--no-verify", action="store_true", help="skip the reward check against the real simulator")
+    _training_args(p)
+    p.set_defaults(func=_cmd_rft)
+
+    p = sub.add_parser("evaluate", help="run policies and the scripted expert in the real simulator")
+    _add_config_args(p)
+    p.add_argument("--policy", action="append", required=True, metavar="NAME=URI",
+                   help="a policy to evaluate (repeatable); the first is the base of comparisons")
+    p.add_argument("--world-model", default=None, help="adds its fidelity and imagined GIFs to the report")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("promote", help="make a policy the registry's champion if it beats the current one")
+    _add_config_args(p)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--evaluation", required=True, help="the evaluate stage's output with this policy in it")
+    p.add_argument("--registry", default=None, help="default: promote.registry in params.yaml")
+    p.add_argument("--force", action="store_true", help="promote even if not better (recorded as forced)")
+    p.set_defaults(func=_cmd_promote)
 
     p = sub.add_parser("pipeline", help="the KFP pipeline: run locally, compile, submit or schedule on a cluster")
     acts = p.add_subparsers(dest="action", required=True)
@@ -126,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL chatters at interpreter shutdown
     from vla_rft import storage
     from vla_rft.data.schema import DatasetValidationError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetValidationError, storage.StorageError) as err:
-        print(f"vla-rft {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, DatasetValidationError, storage.StorageError, ValueError, OSError) as err:
+        # a named error and a non-zero exit, not a stack trace (-v shows it)
+        log.debug("traceback", exc_info=True)
+        name = type(err).__name__
+        print(f"vla-rft {args.command}: error ({name}): {err}", file=sys.stderr)
         return 2
 
 

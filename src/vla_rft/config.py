@@ -5,7 +5,10 @@
 checked against the dataclasses below: an unknown key, a wrong type or an unknown task name
 raises :class:`ConfigError` naming the key and what is allowed.
 
-This module imports only the task table (pure data) from the package: everything sits on top of it.
+Sections of the stages that have their own subpackage (world model, policy, RFT, evaluation) are
+defined next to their code, LeRobot-style (``<package>/configuration.py``), and imported here
+after :class:`ConfigError` exists; those modules import nothing but this error, so loading a
+config never imports torch or the simulator.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ PERTURBATION_KINDS: tuple[str, ...] = ("none", "object", "goal", "robot", "combi
 
 class ConfigError(ValueError):
     """A value in params.yaml (or an override) is missing, unknown or of the wrong type."""
+
+
+class CompatibilityError(ValueError):
+    """Artifacts that must fit together do not (image size, chunk length, action dimension)."""
 
 
 @dataclass
@@ -123,6 +130,12 @@ class PromoteConfig:
             raise ConfigError(f"promote.min_improvement must be in [0, 1), got {self.min_improvement}")
 
 
+from vla_rft.evaluation.configuration import EvaluateConfig  # noqa: E402 - needs ConfigError above
+from vla_rft.policy.configuration import PolicyConfig  # noqa: E402
+from vla_rft.rft.configuration import RFTConfig  # noqa: E402
+from vla_rft.world_model.configuration import WorldModelConfig  # noqa: E402
+
+
 @dataclass
 class Config:
     """The whole configuration, one attribute per params.yaml section."""
@@ -131,6 +144,10 @@ class Config:
     common: CommonConfig = field(default_factory=CommonConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     prepare_data: PrepareDataConfig = field(default_factory=PrepareDataConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
 
     def to_dict(self) -> dict[str, Any]:

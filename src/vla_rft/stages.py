@@ -140,6 +140,7 @@ def _evaluation_fingerprint(metrics: dict[str, Any], policy: str) -> dict[str, A
         "suites": [s["name"] for s in metrics["suites"]],
         "episodes_per_task": entry.get("episodes_per_task"),
         "max_episode_steps": entry.get("max_episode_steps"),
+        "seed_base": entry.get("seed_base"),
     }
 
 
@@ -202,3 +203,221 @@ def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: s
     outcome = "promoted" if decision["promoted"] else "kept"
     storage.write_json(storage.join_uri(registry, "decisions", f"{now}-{outcome}-{uuid.uuid4().hex[:8]}.json"), decision)
     return decision
+
+
+# -- shared plumbing for the training stages --------------------------------------------------------
+def _fingerprint(obj: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir_for(out_uri: str, stage: str, explicit: str | Path | None = None) -> Path:
+    """Where a training stage keeps its checkpoints: persistent, so re-running the command resumes.
+
+    Local outputs keep them next to the output (``<out>.ckpt/``); S3 outputs under
+    ``$VLA_RFT_CACHE`` (default ``~/.cache/vla-rft``), keyed by the output URI.
+    """
+    if explicit:
+        return Path(explicit)
+    if storage.is_s3_uri(out_uri):
+        import os
+
+        root = Path(os.environ.get("VLA_RFT_CACHE", Path.home() / ".cache" / "vla-rft"))
+        return root / "checkpoints" / stage / _fingerprint(out_uri)
+    out = Path(out_uri)
+    return out.with_name(out.name + ".ckpt")
+
+
+def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str, restart: bool) -> bool:
+    """True if a checkpoint of the same configuration exists and should be resumed."""
+    marker = ckpt_dir / "config.fingerprint"
+    if restart and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    if ckpt_dir.exists() and marker.exists() and marker.read_text().strip() != fingerprint:
+        shutil.rmtree(ckpt_dir)  # checkpoints of another configuration are not ours to resume
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resumable = marker.exists() and any(p.name != marker.name for p in ckpt_dir.iterdir())
+    marker.write_text(fingerprint)
+    return resumable
+
+
+def _load_dataset_artifact(cfg: Config, dataset_uri: str, cache: Path):
+    from vla_rft.data import load_dataset
+    from vla_rft.tasks import ACTION_DIM
+
+    data_dir, _ = storage.read_artifact(dataset_uri, expected_kind="dataset", cache_dir=cache)
+    return load_dataset(data_dir, expected_action_dim=ACTION_DIM, expected_image_size=cfg.sim.image_size)
+
+
+def _refuse_existing(out_uri: str, what: str, overwrite: bool) -> None:
+    if not overwrite and storage.artifact_exists(out_uri):
+        raise storage.ArtifactExistsError(f"{what} {out_uri} already exists; pass --overwrite to replace it")
+
+
+def train_world_model(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: bool = False,
+                      checkpoint_dir: str | Path | None = None, restart: bool = False,
+                      progress: bool = True) -> dict[str, Any]:
+    """Train the action-conditioned video model, score it on val episodes, publish model + report."""
+    from vla_rft.world_model.evaluate import evaluate_world_model
+    from vla_rft.world_model.modeling import WorldModel
+    from vla_rft.world_model.train import train_world_model as train
+
+    _refuse_existing(out_uri, "world model", overwrite)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="vla-rft-wm-") as tmp:
+        data = _load_dataset_artifact(cfg, dataset_uri, Path(tmp) / "cache")
+        settings = {"common": cfg.section("common"), "world_model": cfg.section("world_model"),
+                    "dataset": storage.read_manifest(dataset_uri)["files"]}
+        ckpt = checkpoint_dir_for(out_uri, "world_model", checkpoint_dir)
+        resume = _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+        out = Path(tmp) / "out"
+        summary = train(cfg.world_model, cfg.common, data, out, ckpt, resume=resume, progress=progress)
+        model = WorldModel.from_pretrained(out, device=cfg.common.device)
+        fidelity = evaluate_world_model(model, data, out / "eval", cfg.world_model, seed=cfg.common.seed,
+                                        progress=progress)
+        storage.write_artifact(out, out_uri, kind="world_model",
+                               config={"profile": cfg.profile, **{k: v for k, v in settings.items() if k != "dataset"},
+                                       "dataset": dataset_uri}, overwrite=overwrite)
+    return {"uri": out_uri, "resumed": resume, "train": summary, "fidelity": fidelity, "seconds": time.time() - start}
+
+
+def pretrain_policy(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: bool = False,
+                    checkpoint_dir: str | Path | None = None, restart: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
+    """Behaviour-clone the VLA policy on the expert chunks and publish it."""
+    from vla_rft.policy.train import train_policy_bc
+
+    _refuse_existing(out_uri, "policy", overwrite)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="vla-rft-bc-") as tmp:
+        data = _load_dataset_artifact(cfg, dataset_uri, Path(tmp) / "cache")
+        settings = {"common": cfg.section("common"), "policy": cfg.section("policy"),
+                    "dataset": storage.read_manifest(dataset_uri)["files"]}
+        ckpt = checkpoint_dir_for(out_uri, "policy", checkpoint_dir)
+        resume = _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+        out = Path(tmp) / "out"
+        summary = train_policy_bc(cfg.policy, cfg.common, data, out, ckpt, resume=resume, progress=progress)
+        storage.write_artifact(out, out_uri, kind="policy",
+                               config={"profile": cfg.profile, "common": settings["common"],
+                                       "policy": settings["policy"], "dataset": dataset_uri, "trained_by": "bc"},
+                               overwrite=overwrite)
+    return {"uri": out_uri, "resumed": resume, "train": summary, "seconds": time.time() - start}
+
+
+def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, out_uri: str, *,
+        overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
+        verify: bool = True, progress: bool = True) -> dict[str, Any]:
+    """GRPO with verified rewards in the world model; publishes the fine-tuned policy and its curves."""
+    from vla_rft.policy.modeling import VLAPolicy
+    from vla_rft.rft.grpo import train_grpo
+    from vla_rft.rft.verify import reward_fidelity
+    from vla_rft.world_model.modeling import WorldModel
+
+    _refuse_existing(out_uri, "policy", overwrite)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="vla-rft-rft-") as tmp:
+        cache = Path(tmp) / "cache"
+        data = _load_dataset_artifact(cfg, dataset_uri, cache)
+        wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
+        policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=cache)
+        world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
+        policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+        settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
+                    "inputs": [storage.read_manifest(u)["files"] for u in (dataset_uri, world_model_uri, policy_uri)]}
+        ckpt = checkpoint_dir_for(out_uri, "rft", checkpoint_dir)
+        resume = _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+        out = Path(tmp) / "out"
+        fidelity = None
+        if verify and cfg.rft.verify_states:
+            fidelity = reward_fidelity(policy, world_model, data, cfg.rft, n_states=cfg.rft.verify_states,
+                                       seed=cfg.common.seed)
+        summary = train_grpo(cfg.rft, cfg.common, data, world_model, policy, out, ckpt, resume=resume,
+                             progress=progress)
+        if fidelity is not None:
+            (out / "reward_fidelity.json").write_text(json.dumps(fidelity, indent=2))
+        storage.write_artifact(out, out_uri, kind="policy",
+                               config={"profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],
+                                       "policy": policy_manifest["config"].get("policy"), "base_policy": policy_uri,
+                                       "world_model": world_model_uri, "dataset": dataset_uri, "trained_by": "rft"},
+                               overwrite=overwrite)
+    return {"uri": out_uri, "resumed": resume, "train": summary, "reward_fidelity": fidelity,
+            "seconds": time.time() - start}
+
+
+def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model_uri: str | None = None,
+             overwrite: bool = False, expert: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Run the policies (name -> URI) and the scripted expert in the real simulator; publish the report."""
+    from vla_rft.evaluation.metrics import compute_metrics, kfp_metrics
+    from vla_rft.evaluation.report import ReportSection, write_report
+    from vla_rft.evaluation.runner import run_evaluation
+    from vla_rft.policy.modeling import VLAPolicy
+
+    _refuse_existing(out_uri, "evaluation", overwrite)
+    if not policies:
+        raise ValueError("evaluate needs at least one --policy NAME=URI")
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="vla-rft-eval-") as tmp:
+        cache = Path(tmp) / "cache"
+        acts, tasks = {}, None
+        for name, uri in policies.items():
+            policy_dir, _ = storage.read_artifact(uri, expected_kind="policy", cache_dir=cache)
+            policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+            instructions = [TASKS[t].instruction for t in cfg.sim.tasks]
+            missing = [t for t, i in zip(cfg.sim.tasks, instructions) if i not in policy.instructions]
+            if missing:
+                raise ValueError(f"policy {name!r} was not trained on task(s) {missing}")
+            order = [policy.instructions.index(i) for i in instructions]  # our task index -> the policy's
+            acts[name] = (lambda p, o: (lambda f, s, ti: p.act(f, s, np.asarray(o)[ti])))(policy, order)
+            tasks = cfg.sim.tasks
+        results = run_evaluation(acts, tasks, cfg.evaluate, cfg.sim, expert=expert,
+                                 chunk_len=cfg.common.chunk_len, progress=progress)
+        names = list(policies)
+        comparisons = [(n, names[0]) for n in names[1:]]
+        metrics = compute_metrics(results, comparisons=comparisons)
+        out = Path(tmp) / "out"
+        sections = []
+        if world_model_uri:
+            wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
+            import html
+
+            fid_path = wm_dir / "eval" / "metrics.json"
+            gifs = sorted((wm_dir / "eval" / "gifs").glob("*.gif"))
+            if fid_path.exists():
+                fragment = "".join(f"<figure><img src='wm/{g.name}'><figcaption>{html.escape(g.stem)}: ground truth "
+                                   "(top) vs imagined</figcaption></figure>" for g in gifs)
+                fragment += "<pre>" + html.escape(fid_path.read_text()[:20000]) + "</pre>"
+                sections.append(ReportSection("World-model fidelity (val episodes)", fragment,
+                                              {f"wm/{g.name}": g for g in gifs}))
+        write_report(out, metrics, results, sections=sections)
+        (out / "kfp_metrics.json").write_text(json.dumps({n: kfp_metrics(metrics, n) for n in metrics["policies"]},
+                                                         indent=2))
+        storage.write_artifact(out, out_uri, kind="evaluation",
+                               config={"profile": cfg.profile, "evaluate": cfg.section("evaluate"),
+                                       "policies": policies}, overwrite=overwrite)
+    return {"uri": out_uri, "metrics": metrics, "seconds": time.time() - start}
+
+
+def flat_metrics(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Numbers of a nested summary as ``a/b/c -> float`` (for KFP Metrics and DVC); lists become ``/i``."""
+    out: dict[str, float] = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            out[name] = float(value)
+        elif isinstance(value, (dict, list)):
+            out.update(flat_metrics(value, name))
+    return out
+
+
+def kfp_success_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Every evaluated policy's success numbers, shaped for a KFP Metrics artifact."""
+    from vla_rft.evaluation.metrics import kfp_metrics
+
+    out: dict[str, float] = {}
+    for policy in metrics["policies"]:
+        out.update({f"{policy}/{k}": v for k, v in kfp_metrics(metrics, policy).items()})
+    return out

@@ -1,0 +1,304 @@
+"""Behaviour-cloning pretraining of the VLA policy on expert action chunks (the ``pretrain-policy`` stage).
+
+Targets are the dataset's ``expert_action`` column (clean labels; half the episodes were *executed*
+with DART noise, so their states cover recoveries, but the labels stay the expert's).
+
+The loss (``policy.bc_loss``):
+
+* ``mse_nll`` (default): MSE between the predicted mean and the expert chunk, plus the Gaussian
+  NLL of the expert chunk under (detached mean, std) to fit the std head. With the std clamped
+  to [0.08, 0.2], a plain NLL weights the mean's error by 1/std^2 and lets the std absorb it:
+  early on the std sits at its upper clamp, the NLL's gradient on the mean is a rescaled MSE
+  that fights the std term, and the mean underfits. Decoupling them keeps the mean a plain
+  regression and the std an honest fit of the remaining error (what GRPO then explores with).
+  The std head reads detached trunk features, so the NLL term never moves the mean's weights.
+* ``l1_nll``: the same with L1 on the mean (ACT's choice; less pulled by saturated +-1 labels).
+* ``nll``: the plain Gaussian NLL, for comparison.
+
+Image augmentation (``policy.augmentation``) is off by default: with this fixed camera, DrQ-style
+random shifts decouple image positions from the absolute hand position in the state, and cost
+closed-loop success (see configuration.py).
+
+Batches and augmentation shifts are drawn from ``numpy.random.default_rng((seed, salt, step))``,
+so a run resumed from a checkpoint sees exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vla_rft.config import CommonConfig
+from vla_rft.data import LoadedDataset
+from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.policy.configuration import PolicyConfig
+from vla_rft.policy.modeling import VLAPolicy
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_SALT_BATCH = 7_100  # separates the BC batch stream from other stages' streams of the same seed
+_SALT_EVAL = 7_101
+
+
+def behaviour_cloning_loss(model: VLAPolicy, images: Tensor, states: Tensor, instruction: Any,
+                           expert_chunk: Tensor, loss: str = "mse_nll", std_weight: float = 1.0
+                           ) -> tuple[Tensor, dict[str, float]]:
+    """BC loss of ``model`` on expert chunks (B, K, A); also usable as GRPO's BC regulariser.
+
+    Returns ``(loss, stats)`` with stats ``mse`` (of the mean), ``nll`` (per action dimension,
+    mean detached for the ``*_nll`` losses) and ``std`` (mean std).
+    """
+    dist = model(images, states, instruction)
+    target = expert_chunk.to(dist.mean.device, torch.float32)
+    dims = target.shape[1] * target.shape[2]
+    mse = (dist.mean - target).pow(2).mean()
+    if loss == "nll":
+        nll = -dist.log_prob(target).mean() / dims
+        total = nll
+    elif loss in ("mse_nll", "l1_nll"):
+        nll = -type(dist)(dist.mean.detach(), dist.std).log_prob(target).mean() / dims
+        fit = mse if loss == "mse_nll" else (dist.mean - target).abs().mean()
+        total = fit + std_weight * nll
+    else:
+        raise ValueError(f"unknown BC loss {loss!r}; allowed values: mse_nll, l1_nll, nll")
+    return total, {"mse": float(mse.detach()), "nll": float(nll.detach()), "std": float(dist.std.detach().mean())}
+
+
+def random_shift(images: Tensor, pad: int, rng: np.random.Generator) -> Tensor:
+    """DrQ-style random shift of uint8 (B, 3, H, W) images by up to ``pad`` px (edge-replicated)."""
+    if pad <= 0:
+        return images
+    b, _, h, w = images.shape
+    dy = torch.from_numpy(rng.integers(-pad, pad + 1, size=(b, 1)))
+    dx = torch.from_numpy(rng.integers(-pad, pad + 1, size=(b, 1)))
+    rows = (torch.arange(h)[None] + dy).clamp_(0, h - 1)  # (B, H)
+    cols = (torch.arange(w)[None] + dx).clamp_(0, w - 1)  # (B, W)
+    out = images[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def learning_rate(cfg: PolicyConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to ``lr * min_lr_ratio`` (or constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def build_optimizer(model: VLAPolicy, cfg: PolicyConfig) -> torch.optim.AdamW:
+    """AdamW over the policy's trainable parameters (never the frozen text encoder, which is not a submodule).
+
+    Weight decay applies to matrices and conv kernels only; biases, norms, embeddings and the
+    action queries are not decayed.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "embeddings" not in name and name != "action_queries" else no_decay).append(p)
+    return torch.optim.AdamW([
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ], lr=cfg.lr, betas=(0.9, 0.999))
+
+
+# -- checkpoints: one safetensors file (tensors) with the JSON-able rest in its metadata ----------
+def _save_checkpoint(path: Path, model: VLAPolicy, optimizer: torch.optim.Optimizer, extra: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {**extra, "param_groups": opt["param_groups"], "numpy_rng": [np_state[0], *map(float, np_state[2:])]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: VLAPolicy, optimizer: torch.optim.Optimizer) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    name, *rest = meta.pop("numpy_rng")
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), int(rest[0]), int(rest[1]), rest[2]))
+    return meta
+
+
+@torch.no_grad()
+def _evaluate(model: VLAPolicy, ds: ChunkDataset, indices: np.ndarray, cfg: PolicyConfig) -> dict[str, float]:
+    """Validation loss (same formula as training, no augmentation) over a fixed set of chunks."""
+    was_training = model.training
+    model.eval()
+    totals = {"loss": 0.0, "mse": 0.0, "nll": 0.0}
+    for lo in range(0, len(indices), 256):
+        batch = ds.batch(indices[lo:lo + 256])
+        loss, stats = behaviour_cloning_loss(model, batch["image"], batch["state"], batch["task_index"],
+                                             batch["expert_actions"], cfg.bc_loss, cfg.std_loss_weight)
+        n = len(batch["image"])
+        totals["loss"] += float(loss) * n
+        totals["mse"] += stats["mse"] * n
+        totals["nll"] += stats["nll"] * n
+    model.train(was_training)
+    return {k: v / len(indices) for k, v in totals.items()}
+
+
+CURVE_FIELDS = ("step", "loss", "mse", "nll", "val_loss", "val_mse", "val_nll", "lr", "std_mean", "seconds")
+
+
+def _write_curves(out_dir: Path, rows: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "curves.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows([{k: ("" if r.get(k) is None else r[k]) for k in CURVE_FIELDS} for r in rows])
+    (out_dir / "curves.json").write_text(json.dumps(rows, indent=1))
+
+
+def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset, out_dir: Path,
+                    checkpoint_dir: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Behaviour-clone the VLA policy on ``data``; write the model, curves and a summary into ``out_dir``.
+
+    Checkpoints (model, optimizer, RNG states, step, curves) go to ``checkpoint_dir`` every
+    ``cfg.checkpoint_interval`` steps, atomically; ``resume=True`` continues from the latest one
+    and ends with the same weights and losses as an uninterrupted run. Returns the summary dict.
+    """
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    torch.set_num_threads(common.num_threads)
+    torch.manual_seed(common.seed)
+    np.random.seed(common.seed)
+    device = torch.device(common.device)
+
+    train_ds = ChunkDataset(data, "train", common.chunk_len)
+    try:
+        val_ds: ChunkDataset | None = ChunkDataset(data, "val", common.chunk_len)
+    except ValueError:  # a tiny dataset may have no validation episode long enough
+        val_ds = None
+    val_idx = None
+    if val_ds is not None:
+        rng = np.random.default_rng((common.seed, _SALT_EVAL))
+        val_idx = np.sort(rng.permutation(len(val_ds))[:cfg.eval_chunks])
+
+    model = VLAPolicy(cfg, image_size=data.image_size, chunk_len=common.chunk_len, action_dim=data.action_dim,
+                      state_dim=data.state_dim, instructions=data.instructions)
+    train_rows = np.concatenate([np.arange(e["dataset_from_index"], e["dataset_to_index"])
+                                 for e in data.episodes_in("train")])
+    model.set_state_normalization(data.states[train_rows].mean(0), data.states[train_rows].std(0))
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg)
+
+    start_step, elapsed_before, rows, last_loss = 0, 0.0, [], float("nan")
+    acc = {"loss": 0.0, "mse": 0.0, "nll": 0.0, "std": 0.0, "n": 0}
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    if resume and ckpt_path.exists():
+        meta = _load_checkpoint(ckpt_path, model, optimizer)
+        start_step, elapsed_before, rows, acc = meta["step"], meta["seconds"], meta["rows"], meta["acc"]
+        last_loss = meta["last_loss"]
+
+    t0 = time.perf_counter()
+    val: dict[str, float] | None = None
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="policy BC", unit="step",
+               disable=not (progress and sys.stderr.isatty()))
+    for step in range(start_step, cfg.steps):
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rng = np.random.default_rng((common.seed, _SALT_BATCH, step))
+        batch = train_ds.batch(rng.integers(0, len(train_ds), cfg.batch_size))
+        images = batch["image"]
+        if cfg.augmentation == "shift":
+            images = random_shift(images, cfg.shift_pad, rng)
+        loss, stats = behaviour_cloning_loss(model, images, batch["state"], batch["task_index"],
+                                             batch["expert_actions"], cfg.bc_loss, cfg.std_loss_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:  # the sigma net is clipped on its own: its NLL gradients never crowd out the mean's
+            torch.nn.utils.clip_grad_norm_(model.mean_parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.std_parameters(), cfg.grad_clip)
+        optimizer.step()
+        last_loss = float(loss.detach())
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(f"policy BC loss became {last_loss} at step {step}; lower policy.lr")
+        acc = {"loss": acc["loss"] + last_loss, "mse": acc["mse"] + stats["mse"], "nll": acc["nll"] + stats["nll"],
+               "std": acc["std"] + stats["std"], "n": acc["n"] + 1}
+        done = step + 1
+        is_last = done == cfg.steps
+        do_eval = val_ds is not None and (is_last or (cfg.eval_interval and done % cfg.eval_interval == 0))
+        if do_eval or is_last or done % cfg.log_interval == 0:
+            val = _evaluate(model, val_ds, val_idx, cfg) if do_eval else None
+            n = max(acc["n"], 1)
+            rows.append({
+                "step": done, "loss": acc["loss"] / n, "mse": acc["mse"] / n, "nll": acc["nll"] / n,
+                "val_loss": val and val["loss"], "val_mse": val and val["mse"], "val_nll": val and val["nll"],
+                "lr": lr, "std_mean": acc["std"] / n,
+                "seconds": round(elapsed_before + time.perf_counter() - t0, 3),
+            })
+            acc = {"loss": 0.0, "mse": 0.0, "nll": 0.0, "std": 0.0, "n": 0}
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", **({"val_mse": f"{val['mse']:.4f}"} if val else {}))
+        if cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0 and not is_last:
+            _write_curves(out_dir, rows)  # curves so far, to watch a long run
+            _save_checkpoint(ckpt_path, model, optimizer, {
+                "step": done, "seconds": elapsed_before + time.perf_counter() - t0, "rows": rows, "acc": acc,
+                "last_loss": last_loss})
+        bar.update(1)
+    bar.close()
+
+    seconds = elapsed_before + time.perf_counter() - t0
+    model.eval()
+    model.save_pretrained(out_dir)
+    _write_curves(out_dir, rows)
+    last_val = next((r for r in reversed(rows) if r["val_loss"] is not None), None)
+    summary = {
+        "steps": cfg.steps,
+        "resumed_from_step": start_step,
+        "final_train_loss": last_loss,  # the loss of the very last step (exact; equal across resumes)
+        "final_train_loss_avg": rows[-1]["loss"] if rows else None,  # averaged over the last log interval
+        "final_train_mse": rows[-1]["mse"] if rows else None,
+        "final_val_loss": last_val and last_val["val_loss"],
+        "final_val_mse": last_val and last_val["val_mse"],
+        "final_std_mean": rows[-1]["std_mean"] if rows else None,
+        "seconds": round(seconds, 2),
+        "num_parameters": model.num_parameters(),
+        "train_chunks": len(train_ds),
+        "val_chunks": 0 if val_ds is None else len(val_idx),
+        "device": str(device),
+    }
+    (out_dir / "bc_summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.checkpoint_interval:  # the finished state, so a later resume=True is a no-op
+        _save_checkpoint(ckpt_path, model, optimizer, {"step": cfg.steps, "seconds": seconds, "rows": rows, "acc": acc,
+                "last_loss": last_loss})
+    return summary

@@ -1,0 +1,84 @@
+"""Hyperparameters of GRPO with verified rewards in the world model (``rft:`` in params.yaml).
+
+Reference settings of VLA-RFT (4 GPUs, 0.5B policy): 400 steps, 16 starts x group 16, lr 1e-6
+(head) and 1e-5 (sigma), clip 0.2, entropy 0.003, no KL, BC regulariser 0.01, reward = MAE +
+LPIPS against the world model's rollout of the dataset's actions. Our policy is ~1000x smaller
+and trains on a CPU, so learning rates are larger and groups smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vla_rft.config import ConfigError
+
+PERCEPTUAL: tuple[str, ...] = ("ssim", "lpips", "none")
+REWARD_TARGETS: tuple[str, ...] = ("expert_imagined", "real_frames")
+TRAINABLE: tuple[str, ...] = ("all", "trunk_and_heads", "heads")
+KL_ESTIMATORS: tuple[str, ...] = ("k3",)
+
+
+@dataclass
+class RFTConfig:
+    """GRPO on the VLA policy, rolling out sampled action chunks in the learned world model."""
+
+    steps: int = 400  #: GRPO steps (VLA-RFT: 400)
+    batch_starts: int = 8  #: B, start states per step, sampled from the training split
+    group_size: int = 8  #: G, chunks sampled per start state (the group advantages are computed over)
+    ppo_epochs: int = 2  #: gradient passes over each step's samples (the clip only acts from the 2nd)
+    lr: float = 3e-5  #: learning rate of the trainable mean-path parameters
+    lr_std: float = 1e-4  #: learning rate of the std head (the sigma net)
+    weight_decay: float = 0.0
+    clip_eps_low: float = 0.2  #: ratio clipped to [1 - clip_eps_low, 1 + clip_eps_high]
+    clip_eps_high: float = 0.2
+    entropy_coef: float = 0.003  #: entropy bonus (VLA-RFT: 0.003)
+    kl_beta: float = 0.0  #: KL to the frozen base policy; 0 = no reference model is loaded
+    kl_estimator: Literal["k3"] = "k3"
+    bc_coef: float = 0.01  #: BC regulariser on the expert chunk (mean squared error of the mean)
+    advantage_eps: float = 1e-4  #: advantages = (r - mean_group) / (std_group + eps)
+    #: control run: shuffle advantages within each group, keeping their distribution but not their
+    #: link to the chunks; shows what the reward itself contributes
+    shuffle_advantages: bool = False
+    trainable: Literal["all", "trunk_and_heads", "heads"] = "trunk_and_heads"
+    grad_clip: float = 1.0
+    # -- the verified reward ----------------------------------------------------------------------
+    reward_l1_weight: float = 1.0
+    reward_perceptual_weight: float = 1.0
+    #: "ssim": 1 - SSIM (LPIPS weights cannot be downloaded here); "lpips" needs ``lpips_weights``
+    perceptual: Literal["ssim", "lpips", "none"] = "ssim"
+    lpips_weights: str = ""  #: local path of LPIPS(VGG) weights, only for perceptual: lpips
+    #: compare against the world model's rollout of the expert chunk (VLA-RFT) or the recorded frames
+    reward_target: Literal["expert_imagined", "real_frames"] = "expert_imagined"
+    # -- bookkeeping -------------------------------------------------------------------------------
+    checkpoint_interval: int = 50
+    log_interval: int = 10
+    #: held-out (val) start states on which world-model rewards are checked against the real simulator
+    verify_states: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_starts", "ppo_epochs", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rft.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(f"rft.group_size must be >= 2 (advantages are normalised within groups), got {self.group_size}")
+        for name in ("lr", "lr_std"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"rft.{name} must be in (0, 1), got {getattr(self, name)}")
+        for name in ("clip_eps_low", "clip_eps_high"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"rft.{name} must be in (0, 1), got {getattr(self, name)}")
+        for name in ("entropy_coef", "kl_beta", "bc_coef", "reward_l1_weight", "reward_perceptual_weight",
+                     "grad_clip", "weight_decay", "advantage_eps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"rft.{name} must be >= 0, got {getattr(self, name)}")
+        choices = {"perceptual": PERCEPTUAL, "reward_target": REWARD_TARGETS, "trainable": TRAINABLE,
+                   "kl_estimator": KL_ESTIMATORS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"rft.{name}: unknown value {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if self.perceptual == "lpips" and not self.lpips_weights:
+            raise ConfigError("rft.perceptual is 'lpips' but rft.lpips_weights names no local weights file "
+                              "(LPIPS weights cannot be downloaded at run time)")
+        if self.checkpoint_interval < 0 or self.verify_states < 0:
+            raise ConfigError("rft.checkpoint_interval and rft.verify_states must be >= 0")

@@ -1,0 +1,242 @@
+"""GRPO with verified rewards in the learned world model (VLA-RFT, arXiv 2510.00406).
+
+One step, top to bottom:
+
+1. **sample starts** - B start states (frame, proprio, instruction, the expert's executed and
+   clean chunks) from the training split, drawn from ``rng(seed, step)`` so a resumed run sees the
+   same starts as an uninterrupted one;
+2. **generate** - G chunks per start from the current policy (unbounded Gaussian samples; their
+   log-probs are the "old" log-probs). The env and the world model see them clipped to [-1, 1];
+3. **imagine** - all B*G policy chunks and the B expert chunks roll out in the world model in one
+   batched call;
+4. **reward** - ``-(w_l1 * L1 + w_perc * (1 - SSIM))`` between each policy rollout and the
+   expert's rollout from the same start, averaged over the K frames;
+5. **advantages** - ``(r - mean_group) / (std_group + eps)`` within each group of G;
+6. **loss** - clipped-ratio policy gradient, minus an entropy bonus, plus optional k3 KL to the
+   frozen base (no reference model when ``kl_beta == 0``) and a small BC regulariser (MSE of the
+   mean to the expert's clean chunk); ``ppo_epochs`` passes, grad-norm clipping, separate
+   learning rates for the std head.
+
+Logged per step (CSV/JSON): reward mean/std, within-group reward std, clip fraction, approx KL,
+entropy, mean action std, grad norm, seconds per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vla_rft.checkpointing import load_checkpoint, save_checkpoint
+from vla_rft.config import CommonConfig, CompatibilityError
+from vla_rft.data import LoadedDataset
+from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.policy.modeling import VLAPolicy
+from vla_rft.rft.configuration import RFTConfig
+from vla_rft.rft.rewards import group_advantages, verified_reward
+from vla_rft.world_model.modeling import WorldModel
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+CURVE_FIELDS = ("step", "reward_mean", "reward_std", "group_reward_std", "loss", "pg_loss", "bc_loss", "kl",
+                "clip_frac", "approx_kl", "entropy", "action_std", "grad_norm", "seconds_per_step", "seconds")
+_SALT = 9_300  # separates the RFT start-state stream from other stages' streams of the same seed
+
+
+def check_compatible(policy: VLAPolicy, world_model: WorldModel, data: LoadedDataset) -> None:
+    """Raise a named error when the three artifacts were not made for each other."""
+    checks = [
+        ("image size", policy.image_size, world_model.image_size, data.image_size),
+        ("chunk length", policy.chunk_len, world_model.chunk_len, data.info.get("chunk_len", policy.chunk_len)),
+        ("action dimension", policy.action_dim, world_model.action_dim, data.action_dim),
+    ]
+    for what, p, w, d in checks:
+        if not p == w == d:
+            raise CompatibilityError(f"{what} mismatch: policy {p}, world model {w}, dataset {d}; "
+                                     "train the world model and the policy on the same dataset")
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps_low: float,
+                        eps_high: float) -> tuple[torch.Tensor, float]:
+    """PPO/GRPO surrogate ``-mean(min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A))`` and the clip fraction."""
+    ratio = torch.exp(logp - old_logp)
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    loss = -torch.min(ratio * adv, clipped * adv).mean()
+    with torch.no_grad():
+        clip_frac = float(((ratio < 1 - eps_low) | (ratio > 1 + eps_high)).float().mean())
+    return loss, clip_frac
+
+
+def _set_trainable(policy: VLAPolicy, which: str) -> list[str]:
+    """Freeze what RFT does not train; returns the names of trainable parameters."""
+    heads = ("mean_head", "std_head")
+    trunk = heads + ("trunk", "action_queries")
+    if not hasattr(policy, "_frozen_by_design"):  # what the policy itself keeps frozen stays frozen
+        policy._frozen_by_design = {n for n, p in policy.named_parameters() if not p.requires_grad}
+    for name, p in policy.named_parameters():
+        if name in policy._frozen_by_design:
+            continue
+        if which == "all":
+            p.requires_grad_(True)
+        elif which == "trunk_and_heads":
+            p.requires_grad_(name.startswith(trunk))
+        elif which == "heads":
+            p.requires_grad_(name.startswith(heads))
+        else:
+            raise ValueError(f"unknown rft.trainable {which!r}")
+    return [n for n, p in policy.named_parameters() if p.requires_grad]
+
+
+def _write_curves(out_dir: Path, rows: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "curves.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows([{k: r.get(k, "") for k in CURVE_FIELDS} for r in rows])
+    (out_dir / "curves.json").write_text(json.dumps(rows, indent=1))
+
+
+def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model: WorldModel,
+               policy: VLAPolicy, out_dir: Path, checkpoint_dir: Path, resume: bool = False,
+               progress: bool = True) -> dict:
+    """Fine-tune ``policy`` in place with GRPO in ``world_model``; writes the model and curves to ``out_dir``."""
+    check_compatible(policy, world_model, data)
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    device = torch.device(common.device)
+    torch.set_num_threads(common.num_threads)
+    torch.manual_seed(common.seed)
+    np.random.seed(common.seed)
+    policy.to(device).train()
+    world_model.to(device).eval()
+    for p in world_model.parameters():
+        p.requires_grad_(False)
+    reference = None
+    if cfg.kl_beta > 0:  # only then is a frozen copy of the base policy kept
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    trainable = _set_trainable(policy, cfg.trainable)
+    std_params = policy.std_parameters()
+    std_ids = {id(p) for p in std_params}
+    mean_params = [p for p in policy.parameters() if p.requires_grad and id(p) not in std_ids]
+    optimizer = torch.optim.AdamW([
+        {"params": mean_params, "lr": cfg.lr},
+        {"params": std_params, "lr": cfg.lr_std},
+    ], weight_decay=cfg.weight_decay)
+
+    ds = ChunkDataset(data, "train", chunk_len=policy.chunk_len)
+    b, g, k = cfg.batch_starts, cfg.group_size, policy.chunk_len
+    rows: list[dict] = []
+    start_step, elapsed = 0, 0.0
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    if resume and ckpt_path.exists():
+        meta = load_checkpoint(ckpt_path, policy, optimizer)
+        start_step, elapsed, rows = meta["step"], meta["seconds"], meta["rows"]
+
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="rft", disable=not progress or not sys.stderr.isatty(),
+               leave=False)
+    for step in range(start_step, cfg.steps):
+        t0 = time.time()
+        # 1. sample starts
+        rng = np.random.default_rng((common.seed, _SALT, step))
+        batch = ds.batch(rng.integers(0, len(ds), size=b))
+        images = batch["image"].to(device)
+        states = batch["state"].to(device)
+        tasks = batch["task_index"].to(device)
+        rep = lambda x: x.repeat_interleave(g, dim=0)  # noqa: E731 - (B, ...) -> (B*G, ...), groups contiguous
+        images_g, states_g, tasks_g = rep(images), rep(states), rep(tasks)
+
+        # 2. generate
+        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        with torch.no_grad():
+            dist = policy(images_g, states_g, tasks_g)
+            noise = torch.randn(dist.mean.shape, generator=gen).to(device)
+            chunks = dist.mean + dist.std * noise
+            old_logp = dist.log_prob(chunks)
+
+        # 3. imagine (the world model sees executed, i.e. clipped, actions)
+        with torch.no_grad():
+            actions = torch.cat([chunks.clamp(-1, 1), batch["actions"].to(device)], dim=0)
+            frames = world_model.rollout(torch.cat([images_g, images]), actions, torch.cat([states_g, states]))
+        policy_frames = frames[: b * g].reshape(b, g, k, *frames.shape[2:])
+        if cfg.reward_target == "expert_imagined":
+            target = frames[b * g:]
+        else:
+            target = batch["future_images"].to(device).float() / 255.0
+
+        # 4. reward and 5. advantages
+        rewards = verified_reward(policy_frames, target, cfg)  # (B, G)
+        adv = group_advantages(rewards, cfg.advantage_eps)
+        if cfg.shuffle_advantages:
+            perm = torch.argsort(torch.rand(b, g, generator=gen), dim=1).to(device)
+            adv = torch.gather(adv, 1, perm)
+        adv = adv.reshape(-1)
+
+        # 6. loss, ppo_epochs passes over the same samples
+        stats = {"clip_frac": 0.0, "approx_kl": 0.0, "pg_loss": 0.0, "bc_loss": 0.0, "kl": 0.0, "loss": 0.0,
+                 "entropy": 0.0, "grad_norm": 0.0}
+        for _ in range(cfg.ppo_epochs):
+            dist = policy(images_g, states_g, tasks_g)
+            logp = dist.log_prob(chunks)
+            pg_loss, clip_frac = clipped_policy_loss(logp, old_logp, adv, cfg.clip_eps_low, cfg.clip_eps_high)
+            entropy = dist.entropy().mean()
+            loss = pg_loss - cfg.entropy_coef * entropy / (k * policy.action_dim)
+            kl = torch.zeros((), device=device)
+            if reference is not None:
+                with torch.no_grad():
+                    ref_logp = reference(images_g, states_g, tasks_g).log_prob(chunks)
+                log_r = ref_logp - logp  # k3 estimator of KL(pi || ref)
+                kl = (torch.exp(log_r) - log_r - 1).mean()
+                loss = loss + cfg.kl_beta * kl
+            bc = torch.zeros((), device=device)
+            if cfg.bc_coef > 0:
+                bc_mean = policy(images, states, tasks).mean
+                bc = (bc_mean - batch["expert_actions"].to(device)).pow(2).mean()
+                loss = loss + cfg.bc_coef * bc
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in policy.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            with torch.no_grad():
+                stats["clip_frac"] += clip_frac
+                stats["approx_kl"] += float((old_logp - logp).mean())
+                for key, value in (("pg_loss", pg_loss), ("bc_loss", bc), ("kl", kl), ("loss", loss),
+                                   ("entropy", entropy), ("grad_norm", grad_norm)):
+                    stats[key] += float(value)
+        stats = {key: value / cfg.ppo_epochs for key, value in stats.items()}
+        elapsed += time.time() - t0
+        row = {
+            "step": step + 1, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+            "group_reward_std": float(rewards.std(dim=1).mean()), **stats,
+            "action_std": float(dist.std.detach().mean()), "seconds_per_step": time.time() - t0, "seconds": elapsed,
+        }
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(reward=f"{row['reward_mean']:.4f}", kl=f"{row['approx_kl']:.2e}")
+        done = step + 1
+        if cfg.checkpoint_interval and (done % cfg.checkpoint_interval == 0 or done == cfg.steps):
+            save_checkpoint(ckpt_path, policy, optimizer, {"step": done, "seconds": elapsed, "rows": rows})
+    bar.close()
+
+    policy.eval()
+    for name, p in policy.named_parameters():  # hand the policy back as it came: all trainable
+        p.requires_grad_(name not in policy._frozen_by_design)
+    policy.save_pretrained(out_dir)
+    _write_curves(out_dir, rows)
+    first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
+    summary = {
+        "steps": cfg.steps, "seconds": elapsed, "seconds_per_step": elapsed / max(1, len(rows)),
+        "reward_first": float(np.mean([r["reward_mean"] for r in first])) if rows else None,
+        "reward_last": float(np.mean([r["reward_mean"] for r in last])) if rows else None,
+        "group_reward_std": float(np.mean([r["group_reward_std"] for r in rows])) if rows else None,
+        "trainable_parameters": len(trainable), "shuffle_advantages": cfg.shuffle_advantages,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

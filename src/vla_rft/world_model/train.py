@@ -1,0 +1,261 @@
+"""Train the world model on the offline dataset: AdamW, seeded data order, exact resume.
+
+The batch at step ``s`` and the future frames it decodes are a function of ``(seed, s)`` only, and
+a checkpoint holds the model, the optimiser, the scheduler, every RNG and the curve so far, so a
+run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+
+    from vla_rft.world_model.train import train_world_model
+    summary = train_world_model(cfg.world_model, cfg.common, load_dataset(path), out_dir, ckpt_dir)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vla_rft.config import CommonConfig
+from vla_rft.data import LoadedDataset
+from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.world_model.configuration import WorldModelConfig
+from vla_rft.world_model.modeling import WorldModel, WorldModelOutput
+
+CHECKPOINT_NAME = "world_model_checkpoint.safetensors"
+_DATA_STREAM, _FRAME_STREAM = 101, 102  # seed-sequence tags: data order, decoded frames
+
+
+def moving_mask(target: torch.Tensor, context: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Pixels whose ground truth differs from the context frame by more than ``threshold``.
+
+    ``target`` (..., 3, H, W) and ``context`` broadcastable to it, floats in [0, 1]; returns a float
+    mask (..., 1, H, W): 1 where the max over channels of the absolute difference exceeds it.
+    """
+    return ((target - context).abs().amax(dim=-3, keepdim=True) > threshold).float()
+
+
+def batch_indices(seed: int, step: int, batch_size: int, num_items: int) -> np.ndarray:
+    """Items of the batch at ``step``: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    positions = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+    epochs, offsets = positions // num_items, positions % num_items
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, _DATA_STREAM, int(epoch)]).permutation(num_items)
+        sel = epochs == epoch
+        out[sel] = perm[offsets[sel]]
+    return out
+
+
+def frame_selection(seed: int, step: int, batch_size: int, chunk_len: int, count: int) -> torch.Tensor:
+    """Which future frames each chunk of the batch at ``step`` decodes: (B, count), sorted, distinct."""
+    if count <= 0 or count >= chunk_len:
+        return torch.arange(chunk_len).expand(batch_size, chunk_len).clone()
+    rng = np.random.default_rng([seed, _FRAME_STREAM, step])
+    picks = np.sort(np.argsort(rng.random((batch_size, chunk_len)), axis=1)[:, :count], axis=1)
+    return torch.from_numpy(picks)
+
+
+def training_batch(ds: ChunkDataset, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    """``ChunkDataset.batch`` plus ``future_states`` (B, K, S): the proprio state after each action."""
+    batch = ds.batch(indices)
+    starts = torch.from_numpy(ds.starts[indices])
+    offs = torch.arange(1, ds.chunk_len + 1)
+    batch["future_states"] = ds._states[starts[:, None] + offs]
+    return batch
+
+
+def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg: WorldModelConfig,
+                     model: WorldModel) -> tuple[torch.Tensor, dict[str, float]]:
+    """Moving-pixel-weighted L1 + MSE on the decoded frames, plus the state losses."""
+    device = out.frames.device
+    b, n = out.frame_index.shape
+    idx = out.frame_index.to(batch["future_images"].device)
+    target = batch["future_images"][torch.arange(b)[:, None], idx].to(device).float() / 255.0
+    context = batch["image"].to(device).float()[:, None] / 255.0
+    weight = 1.0 + cfg.moving_weight * moving_mask(target, context, cfg.moving_threshold)
+    err = out.frames - target
+    per_pixel = err.abs() + cfg.mse_weight * err.square()
+    pixel = (weight * per_pixel).sum() / (weight.sum() * 3)
+    state_norm = (batch["state"].to(device) - model.state_mean) / model.state_std
+    future_norm = (batch["future_states"].to(device) - model.state_mean) / model.state_std
+    state = (out.states_norm - future_norm).square().mean() + (out.state_estimate_norm - state_norm).square().mean()
+    loss = pixel + cfg.state_loss_weight * state
+    return loss, {"pixel": float(pixel.detach()), "state": float(state.detach())}
+
+
+def _lr_lambda(cfg: WorldModelConfig):
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embeddings" in name or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+    """One safetensors file (tensors: weights, optimiser moments, RNG states; metadata: the rest as
+    JSON), written under a temporary name and renamed: a killed run never leaves a torn checkpoint."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, entries in opt["state"].items():
+        for key, value in entries.items():
+            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {**state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+            "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python_rng": [py_version, list(py_state), py_gauss]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Restore what :func:`_save_checkpoint` wrote (weights, optimiser, scheduler, RNGs); returns the rest."""
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
+    scheduler.load_state_dict(meta.pop("scheduler"))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, gauss = meta.pop("numpy_rng")
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    py_version, py_state, py_gauss = meta.pop("python_rng")
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    return meta
+
+
+def _write_curves(out_dir: Path, rows: list[dict[str, float]]) -> None:
+    fields = ["step", "loss", "pixel_loss", "state_loss", "lr", "seconds"]
+    with open(out_dir / "curves.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out_dir / "curves.json").write_text(json.dumps(rows, indent=1))
+
+
+def build_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedDataset) -> WorldModel:
+    """A fresh world model sized for ``data``, with state statistics of its train split."""
+    model = WorldModel(cfg, data.image_size, common.chunk_len, data.action_dim, data.state_dim)
+    rows = np.concatenate([np.arange(e["dataset_from_index"], e["dataset_to_index"]) for e in data.episodes_in("train")])
+    model.set_state_normalization(data.states[rows].mean(0), data.states[rows].std(0))
+    return model
+
+
+def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedDataset, out_dir: Path,
+                      checkpoint_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train on the train split; write the model (``save_pretrained``) and curves into ``out_dir``.
+
+    Checkpoints go to ``checkpoint_dir`` every ``cfg.checkpoint_interval`` steps and at the end;
+    with ``resume=True`` training continues from the checkpoint there (if any). Returns a summary.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(common.num_threads)
+    device = torch.device(common.device)
+    torch.manual_seed(common.seed)
+    np.random.seed(common.seed % 2**32)
+    random.seed(common.seed)
+
+    ds = ChunkDataset(data, "train", common.chunk_len)
+    model = build_model(cfg, common, data).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    step, rows, elapsed, last_loss = 0, [], 0.0, float("nan")
+    acc = {"loss": 0.0, "pixel": 0.0, "state": 0.0, "n": 0}
+    if resume and ckpt_path.exists():
+        meta = _load_checkpoint(ckpt_path, model, optimizer, scheduler)
+        if meta["architecture"] != cfg.architecture() or meta["seed"] != common.seed:
+            raise ValueError(f"checkpoint {ckpt_path} was written with another architecture or seed; "
+                             "delete it or train without resume")
+        step, rows, elapsed, acc, last_loss = (meta[k] for k in ("step", "curves", "seconds", "accumulator", "last_loss"))
+
+    def checkpoint() -> None:
+        _save_checkpoint(ckpt_path, model, optimizer, scheduler, {
+            "step": step, "curves": rows, "seconds": elapsed + time.time() - t0, "accumulator": acc,
+            "last_loss": last_loss, "architecture": cfg.architecture(), "seed": common.seed,
+        })
+
+    model.train()
+    t0 = time.time()
+    start_step = step
+    bar = tqdm(total=cfg.steps, initial=step, desc="world-model", unit="step", leave=False,
+               disable=not progress or not sys.stderr.isatty())
+    while step < cfg.steps:
+        batch = training_batch(ds, batch_indices(common.seed, step, cfg.batch_size, len(ds)))
+        frames = frame_selection(common.seed, step, cfg.batch_size, common.chunk_len, cfg.train_frames)
+        out = model(batch["image"], batch["actions"], batch["state"], frames)
+        loss, parts = world_model_loss(out, batch, cfg, model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        last_loss = float(loss.detach())
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(f"world-model loss is {last_loss} at step {step}; lower world_model.lr")
+        acc = {"loss": acc["loss"] + last_loss, "pixel": acc["pixel"] + parts["pixel"],
+               "state": acc["state"] + parts["state"], "n": acc["n"] + 1}
+        if step % cfg.log_interval == 0 or step == cfg.steps:
+            n = acc["n"]
+            rows.append({"step": step, "loss": acc["loss"] / n, "pixel_loss": acc["pixel"] / n,
+                         "state_loss": acc["state"] / n, "lr": optimizer.param_groups[0]["lr"],
+                         "seconds": round(elapsed + time.time() - t0, 3)})
+            acc = {"loss": 0.0, "pixel": 0.0, "state": 0.0, "n": 0}
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+        if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < cfg.steps:
+            checkpoint()
+        bar.update(1)
+    bar.close()
+    checkpoint()
+    seconds = elapsed + time.time() - t0
+    model.eval()
+    model.save_pretrained(out_dir)
+    _write_curves(out_dir, rows)
+    return {
+        "steps": cfg.steps, "resumed_from_step": start_step if resume else None, "final_loss": last_loss,
+        "final_logged_loss": rows[-1]["loss"] if rows else None, "train_seconds": round(seconds, 2),
+        "train_chunks": len(ds), "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+    }
