@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the quick profile, locally, from a fresh checkout: set up, then run.
+# The main job: the whole pipeline (prepare-data -> world model || BC policy -> RFT -> evaluate ->
+# promote) on the quick profile, locally with kfp.local, from a fresh checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export MUJOCO_GL=${MUJOCO_GL:-osmesa}
-.venv/bin/vla-rft prepare-data --profile quick --out runs/quick/dataset --overwrite "$@"
+.venv/bin/vla-rft pipeline run --local --profile quick --pipeline-root runs/kfp "$@"
