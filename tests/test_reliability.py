@@ -1,0 +1,130 @@
+"""Reliability: kill -9 and resume, bad input through the CLI, and secrets that never leak."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from s3server import ACCESS_KEY, SECRET_KEY, free_port, raw_client, s3_env, s3_server  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BC = ["policy.cnn_channels=[8, 8, 16, 16]", "policy.keypoints=0", "policy.hidden_size=32", "policy.num_layers=1",
+           "policy.num_heads=2", "policy.mlp_ratio=2", "policy.batch_size=8", "policy.steps=40",
+           "policy.warmup_steps=4", "policy.eval_interval=0", "policy.checkpoint_interval=5", "policy.log_interval=5",
+           "common.num_threads=1"]
+
+
+def _cli(*args, env=None, **kw):
+    full_env = {**os.environ, "MUJOCO_GL": "osmesa", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vla_rft.cli", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, **kw)
+
+
+def _sets(items):
+    return [x for item in items for x in ("--set", item)]
+
+
+def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(tiny_dataset, tmp_path):
+    data = str(tiny_dataset[0])
+    straight = _cli("pretrain-policy", "--profile", "quick", "--dataset", data, "--out", str(tmp_path / "a"),
+                    *_sets(TINY_BC))
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "vla_rft.cli", "pretrain-policy", "--profile", "quick", "--dataset", data,
+           "--out", str(out), *_sets(TINY_BC)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "osmesa"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = Path(str(out) + ".ckpt") / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    assert not (out / "meta.json").exists(), "a killed stage left an artifact that reads as complete"
+
+    again = _cli("pretrain-policy", "--profile", "quick", "--dataset", data, "--out", str(out), *_sets(TINY_BC))
+    assert again.returncode == 0, again.stderr
+    assert "(resumed)" in again.stdout
+    a = json.loads((tmp_path / "a" / "curves.json").read_text())
+    b = json.loads((out / "curves.json").read_text())
+    assert a[-1]["step"] == b[-1]["step"] == 40
+    assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], rel=1e-5, abs=1e-7)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert (wa[name] == wb[name]).all(), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "sim.image_sizee=64"], "unknown key 'sim.image_sizee'"),
+    (["--set", "sim.image_size=big"], "sim.image_size must be an integer"),
+    (["--set", "sim.tasks=[push, fly]"], "unknown task 'fly'"),
+])
+def test_bad_params_exit_nonzero_with_a_named_error(args, message, tmp_path):
+    result = _cli("prepare-data", "--profile", "quick", "--out", str(tmp_path / "ds"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "ds").exists()
+
+
+def test_corrupt_and_empty_datasets_are_refused_by_training(tiny_dataset, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dataset[0], bad)
+    data_file = bad / "data" / "chunk-000" / "file-000.parquet"
+    data_file.write_bytes(b"not parquet")
+    result = _cli("pretrain-policy", "--profile", "quick", "--dataset", str(bad), "--out", str(tmp_path / "p"))
+    assert result.returncode == 2 and "ArtifactIntegrityError" in result.stderr  # the manifest catches it first
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _cli("pretrain-policy", "--profile", "quick", "--dataset", str(empty), "--out", str(tmp_path / "p"))
+    assert result.returncode == 2 and "missing or incomplete" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_s3_faults_get_named_errors(tiny_dataset, s3_env, tmp_path):  # noqa: F811
+    base = {"VLA_RFT_S3_ENDPOINT": s3_env.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    args = ["pretrain-policy", "--profile", "quick", "--dataset"]
+    missing = _cli(*args, "s3://no-such-bucket/ds", "--out", str(tmp_path / "p"), env=base)
+    assert missing.returncode == 2 and "bucket 'no-such-bucket' does not exist" in missing.stderr
+    dead = _cli(*args, f"s3://{s3_env.bucket}/ds", "--out", str(tmp_path / "p"),
+                env={**base, "VLA_RFT_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}"}, timeout=60)
+    assert dead.returncode == 2 and "unreachable" in dead.stderr
+    unset = _cli(*args, f"s3://{s3_env.bucket}/ds", "--out", str(tmp_path / "p"),
+                 env={**base, "AWS_SECRET_ACCESS_KEY": ""})
+    assert unset.returncode == 2 and "AWS_SECRET_ACCESS_KEY" in unset.stderr
+    for result in (missing, dead, unset):
+        assert SECRET_KEY not in result.stderr + result.stdout
+
+
+def test_a_known_secret_appears_nowhere(tiny_dataset, s3_env, tmp_path):  # noqa: F811
+    """Compile the pipeline and run a quick stage to S3 with a known secret; grep every output for it."""
+    env = {"VLA_RFT_S3_ENDPOINT": s3_env.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    compiled = _cli("pipeline", "compile", "--out", str(tmp_path / "pipeline.yaml"), env=env)
+    assert compiled.returncode == 0, compiled.stderr
+    out_uri = f"s3://{s3_env.bucket}/secret-check/dataset"
+    run = _cli("-v", "prepare-data", "--profile", "quick", "--out", out_uri, "--set", "sim.tasks=[push]",
+               "--set", "prepare_data.episodes_per_task=2", "--set", "sim.num_workers=1",
+               "--summary-json", str(tmp_path / "summary.json"), env=env)
+    assert run.returncode == 0, run.stderr
+    texts = {"stdout": run.stdout, "stderr": run.stderr, "compiled": (tmp_path / "pipeline.yaml").read_text(),
+             "summary": (tmp_path / "summary.json").read_text(), "params": (ROOT / "params.yaml").read_text()}
+    texts.update({str(p): p.read_text() for p in (ROOT / "manifests").glob("*.yaml")})
+    client = raw_client(s3_env.endpoint)
+    for obj in client.list_objects(s3_env.bucket, prefix="secret-check/", recursive=True):
+        texts[obj.object_name] = client.get_object(s3_env.bucket, obj.object_name).read().decode("latin-1")
+    assert any(name.endswith("meta.json") for name in texts)
+    for name, text in texts.items():
+        assert SECRET_KEY not in text and ACCESS_KEY not in text, f"the secret leaked into {name}"
