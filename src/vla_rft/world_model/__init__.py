@@ -3,10 +3,8 @@
 ``WorldModel`` (modeling) predicts K frames from one context frame and K actions and chains chunks
 with ``rollout``; ``ImaginedSimulator`` puts it behind the real simulator's batched interface;
 ``train_world_model`` (train) fits it to the offline dataset; ``evaluate_world_model`` (evaluate)
-scores it on val chunks against copy-last-frame and shuffled-action baselines.
-
-Attributes load lazily, so ``vla_rft.world_model.configuration`` (which ``vla_rft.config``
-imports) stays free of torch and transformers.
+scores it on val chunks against copy-last-frame and shuffled-action baselines. Names load lazily,
+so ``vla_rft.config`` can import the configuration without importing torch.
 """
 
 from __future__ import annotations
@@ -17,12 +15,9 @@ from typing import Any
 _EXPORTS = {
     "WorldModelConfig": "vla_rft.world_model.configuration",
     "WorldModel": "vla_rft.world_model.modeling",
-    "WorldModelOutput": "vla_rft.world_model.modeling",
     "ImaginedSimulator": "vla_rft.world_model.modeling",
     "ImaginedObservation": "vla_rft.world_model.modeling",
     "ImaginedStep": "vla_rft.world_model.modeling",
-    "train_world_model": "vla_rft.world_model.train",
-    "evaluate_world_model": "vla_rft.world_model.evaluate",
 }
 
 __all__ = list(_EXPORTS)
