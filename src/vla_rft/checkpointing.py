@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict) -> None:
-    """Write model, optimizer, RNG states and ``extra`` (JSON-able) to ``path`` atomically."""
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+    """Write model, optimizer (and scheduler), RNG states and ``extra`` (JSON-able) to ``path`` atomically."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -32,7 +34,11 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             tensors[f"rng.cuda.{i}"] = s
     np_state = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    meta = {**extra, "param_groups": opt["param_groups"], "numpy_rng": [np_state[0], *map(float, np_state[2:])]}
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {**extra, "param_groups": opt["param_groups"], "numpy_rng": [np_state[0], *map(float, np_state[2:])],
+            "python_rng": [py_version, list(py_state), py_gauss]}
+    if scheduler is not None:
+        meta["scheduler"] = scheduler.state_dict()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -40,7 +46,8 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
     """Restore what :func:`save_checkpoint` wrote; returns ``extra``."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -61,4 +68,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         torch.cuda.set_rng_state_all(cuda_states)
     name, *rest = meta.pop("numpy_rng")
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), int(rest[0]), int(rest[1]), rest[2]))
+    py_version, py_state, py_gauss = meta.pop("python_rng")
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    sched = meta.pop("scheduler", None)
+    if scheduler is not None and sched is not None:
+        scheduler.load_state_dict(sched)
     return meta

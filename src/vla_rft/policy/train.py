@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
@@ -114,51 +114,6 @@ def build_optimizer(model: VLAPolicy, cfg: PolicyConfig) -> torch.optim.AdamW:
     ], lr=cfg.lr, betas=(0.9, 0.999))
 
 
-# -- checkpoints: one safetensors file (tensors) with the JSON-able rest in its metadata ----------
-def _save_checkpoint(path: Path, model: VLAPolicy, optimizer: torch.optim.Optimizer, extra: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, state in opt["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    meta = {**extra, "param_groups": opt["param_groups"], "numpy_rng": [np_state[0], *map(float, np_state[2:])]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, model: VLAPolicy, optimizer: torch.optim.Optimizer) -> dict:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-    name, *rest = meta.pop("numpy_rng")
-    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), int(rest[0]), int(rest[1]), rest[2]))
-    return meta
-
-
 @torch.no_grad()
 def _evaluate(model: VLAPolicy, ds: ChunkDataset, indices: np.ndarray, cfg: PolicyConfig) -> dict[str, float]:
     """Validation loss (same formula as training, no augmentation) over a fixed set of chunks."""
@@ -225,7 +180,7 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
     acc = {"loss": 0.0, "mse": 0.0, "nll": 0.0, "std": 0.0, "n": 0}
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME
     if resume and ckpt_path.exists():
-        meta = _load_checkpoint(ckpt_path, model, optimizer)
+        meta = load_checkpoint(ckpt_path, model, optimizer)
         start_step, elapsed_before, rows, acc = meta["step"], meta["seconds"], meta["rows"], meta["acc"]
         last_loss = meta["last_loss"]
 
@@ -271,7 +226,7 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", **({"val_mse": f"{val['mse']:.4f}"} if val else {}))
         if cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0 and not is_last:
             _write_curves(out_dir, rows)  # curves so far, to watch a long run
-            _save_checkpoint(ckpt_path, model, optimizer, {
+            save_checkpoint(ckpt_path, model, optimizer, {
                 "step": done, "seconds": elapsed_before + time.perf_counter() - t0, "rows": rows, "acc": acc,
                 "last_loss": last_loss})
         bar.update(1)
@@ -299,6 +254,6 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
     }
     (out_dir / "bc_summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.checkpoint_interval:  # the finished state, so a later resume=True is a no-op
-        _save_checkpoint(ckpt_path, model, optimizer, {"step": cfg.steps, "seconds": seconds, "rows": rows, "acc": acc,
+        save_checkpoint(ckpt_path, model, optimizer, {"step": cfg.steps, "seconds": seconds, "rows": rows, "acc": acc,
                 "last_loss": last_loss})
     return summary
