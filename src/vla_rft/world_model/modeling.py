@@ -49,26 +49,19 @@ def _groups(channels: int) -> int:
 
 
 class ResBlock(nn.Module):
-    """Pre-norm residual conv block; ``cond`` (B, cond_size) scales and shifts the middle (FiLM)."""
+    """Pre-norm residual conv block of the context encoder."""
 
-    def __init__(self, c_in: int, c_out: int, cond_size: int = 0):
+    def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.film = nn.Linear(cond_size, 2 * c_out) if cond_size else None
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        if self.film is not None:
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
-        if self.film is not None and cond is not None:
-            scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
-            h = h * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
 
 
 @dataclass

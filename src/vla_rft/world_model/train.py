@@ -68,9 +68,8 @@ def frame_selection(seed: int, step: int, batch_size: int, chunk_len: int, count
 def training_batch(ds: ChunkDataset, indices: np.ndarray) -> dict[str, torch.Tensor]:
     """``ChunkDataset.batch`` plus ``future_states`` (B, K, S): the proprio state after each action."""
     batch = ds.batch(indices)
-    starts = torch.from_numpy(ds.starts[indices])
-    offs = torch.arange(1, ds.chunk_len + 1)
-    batch["future_states"] = ds._states[starts[:, None] + offs]
+    rows = ds.starts[np.asarray(indices)][:, None] + np.arange(1, ds.chunk_len + 1)
+    batch["future_states"] = torch.from_numpy(ds.data.states[rows])
     return batch
 
 
