@@ -99,20 +99,20 @@ def test_same_seed_same_weights(data, common, trained, tmp_path):
 
 def test_resume_equals_uninterrupted(data, common, trained, tmp_path, monkeypatch):
     out, summary = trained
-    original = wm_train._save_checkpoint
+    original = wm_train.save_checkpoint
 
     class Killed(Exception):
         pass
 
-    def save_then_die(path, model, optimizer, scheduler, state):
-        original(path, model, optimizer, scheduler, state)
-        if state["step"] == 3:
+    def save_then_die(path, model, optimizer, extra, scheduler=None):
+        original(path, model, optimizer, extra, scheduler=scheduler)
+        if extra["step"] == 3:
             raise Killed
 
-    monkeypatch.setattr(wm_train, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(wm_train, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         wm_train.train_world_model(tiny_config(), common, data, tmp_path / "m", tmp_path / "c", progress=False)
-    monkeypatch.setattr(wm_train, "_save_checkpoint", original)
+    monkeypatch.setattr(wm_train, "save_checkpoint", original)
     resumed = wm_train.train_world_model(tiny_config(), common, data, tmp_path / "m", tmp_path / "c",
                                          resume=True, progress=False)
     assert resumed["resumed_from_step"] == 3

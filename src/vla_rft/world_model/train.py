@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -22,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
+from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
@@ -110,56 +108,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
-    """One safetensors file (tensors: weights, optimiser moments, RNG states; metadata: the rest as
-    JSON), written under a temporary name and renamed: a killed run never leaves a torn checkpoint."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, entries in opt["state"].items():
-        for key, value in entries.items():
-            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    np_state = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    py_version, py_state, py_gauss = random.getstate()
-    meta = {**state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
-            "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python_rng": [py_version, list(py_state), py_gauss]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
-    """Restore what :func:`_save_checkpoint` wrote (weights, optimiser, scheduler, RNGs); returns the rest."""
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
-    scheduler.load_state_dict(meta.pop("scheduler"))
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    name, pos, has_gauss, gauss = meta.pop("numpy_rng")
-    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    py_version, py_state, py_gauss = meta.pop("python_rng")
-    random.setstate((py_version, tuple(py_state), py_gauss))
-    return meta
-
-
 def _write_curves(out_dir: Path, rows: list[dict[str, float]]) -> None:
     fields = ["step", "loss", "pixel_loss", "state_loss", "lr", "seconds"]
     with open(out_dir / "curves.csv", "w", newline="") as f:
@@ -202,14 +150,14 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     step, rows, elapsed, last_loss = 0, [], 0.0, float("nan")
     acc = {"loss": 0.0, "pixel": 0.0, "state": 0.0, "n": 0}
     if resume and ckpt_path.exists():
-        meta = _load_checkpoint(ckpt_path, model, optimizer, scheduler)
+        meta = load_checkpoint(ckpt_path, model, optimizer, scheduler)
         if meta["architecture"] != cfg.architecture() or meta["seed"] != common.seed:
             raise ValueError(f"checkpoint {ckpt_path} was written with another architecture or seed; "
                              "delete it or train without resume")
         step, rows, elapsed, acc, last_loss = (meta[k] for k in ("step", "curves", "seconds", "accumulator", "last_loss"))
 
     def checkpoint() -> None:
-        _save_checkpoint(ckpt_path, model, optimizer, scheduler, {
+        save_checkpoint(ckpt_path, model, optimizer, scheduler=scheduler, extra={
             "step": step, "curves": rows, "seconds": elapsed + time.time() - t0, "accumulator": acc,
             "last_loss": last_loss, "architecture": cfg.architecture(), "seed": common.seed,
         })
