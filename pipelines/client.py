@@ -109,15 +109,21 @@ def _package(package: str | Path | None, tmp: str) -> str:
     return str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
 
 
+def _run_parameters(profile: str | None, overrides: list[str] | None) -> dict:
+    """Pipeline parameters a run overrides (params_json keeps the compiled default)."""
+    params: dict = {"overrides": list(overrides or [])}
+    if profile:
+        params["profile"] = profile
+    return params
+
+
 def submit(host: str, experiment: str = PIPELINE_NAME, profile: str | None = None, run_name: str | None = None,
            package: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """Start one run on a Kubeflow cluster."""
     with tempfile.TemporaryDirectory() as tmp:
         path = _package(package, tmp)
         client = _client(host)
-        params = {"overrides": list(overrides or [])}
-        if profile:
-            params["profile"] = profile
+        params = _run_parameters(profile, overrides)
         result = client.create_run_from_pipeline_package(
             path, arguments=params, run_name=run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             experiment_name=experiment,
@@ -135,9 +141,7 @@ def schedule(host: str, cron: str, experiment: str = PIPELINE_NAME, max_concurre
     with tempfile.TemporaryDirectory() as tmp:
         path = _package(package, tmp)
         client = _client(host)
-        params = {"overrides": list(overrides or [])}
-        if profile:
-            params["profile"] = profile
+        params = _run_parameters(profile, overrides)
         rr = client.create_recurring_run(
             experiment_id=_experiment_id(client, experiment), job_name=job_name or f"{PIPELINE_NAME} retraining",
             cron_expression=cron, max_concurrency=max_concurrency, no_catchup=True, params=params,
