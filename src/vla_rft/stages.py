@@ -229,6 +229,13 @@ def checkpoint_dir_for(out_uri: str, stage: str, explicit: str | Path | None = N
     return out.with_name(out.name + ".ckpt")
 
 
+def _checkpoints(out_uri: str, stage: str, settings: dict, explicit: str | Path | None,
+                 restart: bool) -> tuple[Path, bool]:
+    """The stage's checkpoint directory and whether to resume from it (same settings fingerprint)."""
+    ckpt = checkpoint_dir_for(out_uri, stage, explicit)
+    return ckpt, _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+
+
 def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str, restart: bool) -> bool:
     """True if a checkpoint of the same configuration exists and should be resumed."""
     marker = ckpt_dir / "config.fingerprint"
@@ -269,8 +276,7 @@ def train_world_model(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite:
         data = _load_dataset_artifact(cfg, dataset_uri, Path(tmp) / "cache")
         settings = {"common": cfg.section("common"), "world_model": cfg.section("world_model"),
                     "dataset": storage.read_manifest(dataset_uri)["files"]}
-        ckpt = checkpoint_dir_for(out_uri, "world_model", checkpoint_dir)
-        resume = _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+        ckpt, resume = _checkpoints(out_uri, "world_model", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
         summary = train(cfg.world_model, cfg.common, data, out, ckpt, resume=resume, progress=progress)
         model = WorldModel.from_pretrained(out, device=cfg.common.device)
@@ -294,8 +300,7 @@ def pretrain_policy(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: b
         data = _load_dataset_artifact(cfg, dataset_uri, Path(tmp) / "cache")
         settings = {"common": cfg.section("common"), "policy": cfg.section("policy"),
                     "dataset": storage.read_manifest(dataset_uri)["files"]}
-        ckpt = checkpoint_dir_for(out_uri, "policy", checkpoint_dir)
-        resume = _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+        ckpt, resume = _checkpoints(out_uri, "policy", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
         summary = train_policy_bc(cfg.policy, cfg.common, data, out, ckpt, resume=resume, progress=progress)
         storage.write_artifact(out, out_uri, kind="policy",
@@ -325,8 +330,7 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
                     "inputs": [storage.read_manifest(u)["files"] for u in (dataset_uri, world_model_uri, policy_uri)]}
-        ckpt = checkpoint_dir_for(out_uri, "rft", checkpoint_dir)
-        resume = _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
+        ckpt, resume = _checkpoints(out_uri, "rft", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
         fidelity = None
         if verify and cfg.rft.verify_states:
