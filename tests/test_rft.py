@@ -121,6 +121,30 @@ def test_resume_equals_uninterrupted(data, world_model, base_policy_dir, tmp_pat
     assert [r["reward_mean"] for r in a] == pytest.approx([r["reward_mean"] for r in b], rel=1e-5)
 
 
+def test_exploration_range_bounds_the_sampling_std_during_rft(data, world_model, base_policy_dir, tmp_path):
+    ds = ChunkDataset(data, "train", chunk_len=8)
+    batch = ds.batch(np.arange(4))
+    policy = VLAPolicy.from_pretrained(base_policy_dir)
+    own = policy(batch["image"], batch["state"], batch["task_index"]).std
+    assert own.min() >= policy.config.std_min - 1e-6 and own.max() <= 0.2 + 1e-6
+    cfg = RFTConfig(**{**RFT, "steps": 1, "explore_std_min": 0.3, "explore_std_max": 0.5})
+    summary = train_grpo(cfg, COMMON, data, world_model, policy, tmp_path / "out", tmp_path / "ckpt", progress=False)
+    wide = policy(batch["image"], batch["state"], batch["task_index"]).std
+    assert wide.min() >= 0.3 and wide.max() <= 0.5
+    row = __import__("json").loads((tmp_path / "out" / "curves.json").read_text())[0]
+    assert 0.3 <= row["action_std"] <= 0.5 and summary["steps"] == 1
+    # the mean the evaluation acts with is untouched by the exploration range
+    base = VLAPolicy.from_pretrained(base_policy_dir)
+    fresh = RFTConfig(**{**RFT, "explore_std_min": 0.3, "explore_std_max": 0.5})
+    from vla_rft.rft.grpo import set_exploration
+
+    mean_before = base(batch["image"], batch["state"], batch["task_index"]).mean
+    set_exploration(base, fresh)
+    assert torch.equal(base(batch["image"], batch["state"], batch["task_index"]).mean, mean_before)
+    with pytest.raises(ConfigError, match="explore_std_min/max"):
+        RFTConfig(explore_std_min=0.5, explore_std_max=0.3)
+
+
 def test_mismatched_world_model_and_policy_are_refused(data, base_policy_dir):
     policy = VLAPolicy.from_pretrained(base_policy_dir)
     wm = WorldModel(WorldModelConfig(**WORLD), image_size=64, chunk_len=4, action_dim=4, state_dim=4)

@@ -41,6 +41,11 @@ class RFTConfig:
     #: link to the chunks; shows what the reward itself contributes
     shuffle_advantages: bool = False
     trainable: Literal["all", "trunk_and_heads", "heads"] = "trunk_and_heads"
+    #: exploration: the policy's std is bounded to [explore_std_min, explore_std_max] during RFT
+    #: (0, 0 keeps the policy's own bounds). Evaluation acts with the mean, so this only sets how far
+    #: the sampled chunks spread; wider spread lets the world model rank them (docs/decisions.md)
+    explore_std_min: float = 0.0
+    explore_std_max: float = 0.0
     grad_clip: float = 1.0
     # -- the verified reward ----------------------------------------------------------------------
     reward_l1_weight: float = 1.0
@@ -80,5 +85,9 @@ class RFTConfig:
         if self.perceptual == "lpips" and not self.lpips_weights:
             raise ConfigError("rft.perceptual is 'lpips' but rft.lpips_weights names no local weights file "
                               "(LPIPS weights cannot be downloaded at run time)")
+        if (self.explore_std_min, self.explore_std_max) != (0.0, 0.0) and not (
+                0 < self.explore_std_min < self.explore_std_max):
+            raise ConfigError(f"rft.explore_std_min/max must satisfy 0 < min < max (or both 0 to keep the policy's "
+                              f"bounds), got {self.explore_std_min}, {self.explore_std_max}")
         if self.checkpoint_interval < 0 or self.verify_states < 0:
             raise ConfigError("rft.checkpoint_interval and rft.verify_states must be >= 0")

@@ -93,6 +93,12 @@ def _set_trainable(policy: VLAPolicy, which: str) -> list[str]:
     return [n for n, p in policy.named_parameters() if p.requires_grad]
 
 
+def set_exploration(policy: VLAPolicy, cfg: RFTConfig) -> None:
+    """Bound the policy's std to RFT's exploration range (a no-op when both bounds are 0)."""
+    if cfg.explore_std_max > 0:
+        policy.config.std_min, policy.config.std_max = cfg.explore_std_min, cfg.explore_std_max
+
+
 def _write_curves(out_dir: Path, rows: list[dict]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "curves.csv", "w", newline="") as fh:
@@ -107,6 +113,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
                progress: bool = True) -> dict:
     """Fine-tune ``policy`` in place with GRPO in ``world_model``; writes the model and curves to ``out_dir``."""
     check_compatible(policy, world_model, data)
+    set_exploration(policy, cfg)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     device = torch.device(common.device)
     torch.set_num_threads(common.num_threads)

@@ -61,6 +61,9 @@ def real_chunk_frames(data: LoadedDataset, row: int, chunks: np.ndarray, sim_inf
 def reward_fidelity(policy, world_model, data: LoadedDataset, cfg: RFTConfig, *, n_states: int, seed: int,
                     split: str = "val") -> dict:
     """Mean within-group Spearman correlation of world-model vs real-simulator rewards."""
+    from vla_rft.rft.grpo import set_exploration
+
+    set_exploration(policy, cfg)  # rank the chunks RFT will sample
     k, g = policy.chunk_len, cfg.group_size
     ds = ChunkDataset(data, split, chunk_len=k)
     rng = np.random.default_rng((seed, _SALT))
