@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from s3server import ACCESS_KEY, SECRET_KEY, free_port, raw_client, s3_env, s3_server  # noqa: F401 - fixtures
 
@@ -31,39 +32,77 @@ def _sets(items):
     return [x for item in items for x in ("--set", item)]
 
 
-def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(tiny_dataset, tmp_path):
-    data = str(tiny_dataset[0])
-    straight = _cli("pretrain-policy", "--profile", "quick", "--dataset", data, "--out", str(tmp_path / "a"),
-                    *_sets(TINY_BC))
-    assert straight.returncode == 0, straight.stderr
+TINY_WM = ["world_model.channels=[8, 16, 32]", "world_model.patch_size=2", "world_model.hidden_size=32",
+           "world_model.num_layers=1", "world_model.num_heads=2", "world_model.frame_channels=8",
+           "world_model.cond_size=16", "world_model.batch_size=8", "world_model.steps=40",
+           "world_model.train_frames=2", "world_model.warmup_steps=4", "world_model.checkpoint_interval=5",
+           "world_model.log_interval=5", "world_model.eval_chunks=8", "world_model.eval_batch_size=8",
+           "world_model.gif_chunks=1", "common.num_threads=1"]
+TINY_RFT = ["rft.steps=16", "rft.batch_starts=2", "rft.group_size=3", "rft.checkpoint_interval=2",
+            "rft.log_interval=1", "common.num_threads=1"]
 
-    out = tmp_path / "b"
-    cmd = [sys.executable, "-m", "vla_rft.cli", "pretrain-policy", "--profile", "quick", "--dataset", data,
-           "--out", str(out), *_sets(TINY_BC)]
+
+@pytest.fixture(scope="module")
+def cli_models(tiny_dataset, tmp_path_factory):
+    """A tiny world model and BC policy, each trained straight through through the CLI."""
+    root = tmp_path_factory.mktemp("cli-models")
+    data = str(tiny_dataset[0])
+    for stage, out, sets in (("train-world-model", "wm", TINY_WM), ("pretrain-policy", "bc", TINY_BC)):
+        result = _cli(stage, "--profile", "quick", "--dataset", data, "--out", str(root / out), *_sets(sets))
+        assert result.returncode == 0, result.stderr
+    return {"dataset": data, "wm": root / "wm", "bc": root / "bc"}
+
+
+def _stage_command(stage: str, models: dict, out: Path) -> list[str]:
+    base = ["--profile", "quick", "--dataset", models["dataset"], "--out", str(out)]
+    if stage == "train-world-model":
+        return [stage, *base, *_sets(TINY_WM)]
+    if stage == "pretrain-policy":
+        return [stage, *base, *_sets(TINY_BC)]
+    return [stage, *base, "--world-model", str(models["wm"]), "--policy", str(models["bc"]), "--no-verify",
+            *_sets(TINY_RFT)]
+
+
+@pytest.mark.parametrize("stage, loss_key", [("train-world-model", "loss"), ("pretrain-policy", "loss"),
+                                             ("rft", "reward_mean")])
+def test_kill_9_mid_training_then_rerun_resumes_to_the_same_result(stage, loss_key, cli_models, tmp_path):
+    """kill -9 after the first checkpoint; the same command again resumes and ends bit-identical."""
+    if stage == "rft":
+        straight_dir = tmp_path / "straight"
+        straight = _cli(*_stage_command(stage, cli_models, straight_dir))
+        assert straight.returncode == 0, straight.stderr
+    else:  # the fixture trained these straight through with the same command
+        straight_dir = cli_models["wm" if stage == "train-world-model" else "bc"]
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vla_rft.cli", *_stage_command(stage, cli_models, out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MUJOCO_GL": "osmesa"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = Path(str(out) + ".ckpt") / "checkpoint.safetensors"
+    ckpt_dir = Path(str(out) + ".ckpt")
+    written = lambda: list(ckpt_dir.glob("*checkpoint.safetensors"))  # noqa: E731 - each stage names its own
     deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not written() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
+    assert proc.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
+    assert written(), "no checkpoint was written before the kill"
     assert not (out / "meta.json").exists(), "a killed stage left an artifact that reads as complete"
 
-    again = _cli("pretrain-policy", "--profile", "quick", "--dataset", data, "--out", str(out), *_sets(TINY_BC))
+    again = _cli(*_stage_command(stage, cli_models, out))
     assert again.returncode == 0, again.stderr
     assert "(resumed)" in again.stdout
-    a = json.loads((tmp_path / "a" / "curves.json").read_text())
+    a = json.loads((straight_dir / "curves.json").read_text())
     b = json.loads((out / "curves.json").read_text())
-    assert a[-1]["step"] == b[-1]["step"] == 40
-    assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], rel=1e-5, abs=1e-7)
+    assert a[-1]["step"] == b[-1]["step"]
+    assert [r["step"] for r in b] == [r["step"] for r in a], "the resumed run lost or repeated steps"
+    assert b[-1][loss_key] == pytest.approx(a[-1][loss_key], rel=1e-5, abs=1e-7)
     from safetensors.torch import load_file
 
-    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    wa, wb = load_file(str(straight_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert wa.keys() == wb.keys()
     for name in wa:
-        assert (wa[name] == wb[name]).all(), name
+        assert torch.equal(wa[name], wb[name]), name
 
 
 @pytest.mark.parametrize("args, message", [
