@@ -1,0 +1,316 @@
+"""The headline benchmark: does RFT in the world model improve real-simulator success?
+
+One command, on the ``standard`` profile:
+
+    .venv/bin/python benchmarks/headline.py --work runs/benchmark
+
+1. trains (or reuses, when ``--dataset/--world-model/--policy`` are given or already in ``--work``)
+   the dataset, the world model and the BC base policy;
+2. runs RFT once per seed (``--seeds``, default 0 1 2) and once as the control with advantages
+   shuffled within each group (what the reward itself contributes);
+3. evaluates base, every RFT seed and the control in one call, on the same real-simulator episodes
+   (nominal and every perturbation suite), with the scripted expert as the reference;
+4. writes ``benchmarks/results.md`` and ``benchmarks/results.json``: success per suite with 95 %
+   intervals, the gain (mean over seeds, t-interval over seeds, and a paired bootstrap over
+   episodes), the share of the base-to-expert gap closed, mean steps to success, RFT steps and
+   wall time, the reward check against the simulator, and the control.
+
+Every stage writes an artifact under ``--work`` and is skipped when it is already there, so an
+interrupted benchmark resumes where it stopped (the training stages also resume mid-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from vla_rft import stages, storage  # noqa: E402
+from vla_rft.config import load_config  # noqa: E402
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _stage(name: str, uri: str, fn) -> dict | None:
+    """Run ``fn`` unless the artifact at ``uri`` already exists; returns its summary (or None)."""
+    if storage.artifact_exists(uri):
+        _log(f"{name}: reusing {uri}")
+        summary = Path(f"{uri}.summary.json")
+        return json.loads(summary.read_text()) if summary.exists() else None
+    _log(f"{name}: running -> {uri}")
+    result = fn()
+    Path(f"{uri}.summary.json").write_text(json.dumps(result, indent=2, default=str))
+    _log(f"{name}: done in {result.get('seconds', float('nan')):.0f} s")
+    return result
+
+
+def _paired_bootstrap(episodes: list[dict], policy: str, base: str, suites: list[str], n_boot: int = 2000,
+                      seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean success difference (policy - base) over the given suites, by resampling
+    episodes (each episode is the same task, seed and perturbation for both policies)."""
+    key = lambda r: (r["suite"], r["task"], r["episode"])  # noqa: E731
+    a = {key(r): int(r["success"]) for r in episodes if r["policy"] == policy and r["suite"] in suites}
+    b = {key(r): int(r["success"]) for r in episodes if r["policy"] == base and r["suite"] in suites}
+    keys = sorted(a)
+    # weight episodes so every suite counts equally (the suite mean is what the table reports)
+    per_suite = {s: [k for k in keys if k[0] == s] for s in suites}
+    per_suite = {s: ks for s, ks in per_suite.items() if ks}
+    rng = np.random.default_rng(seed)
+    diffs = {s: np.array([a[k] - b[k] for k in ks], dtype=float) for s, ks in per_suite.items()}
+    stats = []
+    for _ in range(n_boot):
+        stats.append(np.mean([d[rng.integers(0, len(d), len(d))].mean() for d in diffs.values()]))
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float, float]:
+    m = float(np.mean(values))
+    if len(values) < 2:
+        return m, float("nan"), float("nan")
+    half = T_975[len(values) - 1] * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return m, m - half, m + half
+
+
+def analyse(metrics: dict, episodes: list[dict], rft_names: list[str], control: str | None,
+            rft_summaries: dict[str, dict]) -> dict:
+    pol = metrics["policies"]
+    suites = [s["name"] for s in metrics["suites"]]
+    perturbed = [s for s in suites if s != "nominal"]
+    rows = []
+    for suite in suites + ["perturbed (mean)"]:
+        if suite == "perturbed (mean)":
+            rate = lambda p: pol[p]["overall"]["perturbed"]  # noqa: E731
+            steps = lambda p: _nanmean([pol[p]["suites"][s]["mean_steps_to_success"] for s in perturbed])  # noqa: E731
+            ci = lambda p: (None, None)  # noqa: E731
+            boot_suites = perturbed
+        else:
+            rate = lambda p, s=suite: pol[p]["suites"][s]["success_rate"]  # noqa: E731
+            steps = lambda p, s=suite: pol[p]["suites"][s]["mean_steps_to_success"]  # noqa: E731
+            ci = lambda p, s=suite: (pol[p]["suites"][s]["ci_low"], pol[p]["suites"][s]["ci_high"])  # noqa: E731
+            boot_suites = [suite]
+        if rate("base") is None:
+            continue
+        seed_rates = [rate(n) for n in rft_names]
+        gains = [r - rate("base") for r in seed_rates]
+        gain, g_lo, g_hi = _mean_ci(gains)
+        boots = [_paired_bootstrap(episodes, n, "base", boot_suites, seed=i) for i, n in enumerate(rft_names)]
+        expert = rate("expert")
+        gap = expert - rate("base") if expert is not None else None
+        row = {
+            "suite": suite, "base": rate("base"), "base_ci": ci("base"), "expert": expert,
+            "rft_mean": float(np.mean(seed_rates)), "rft_seeds": seed_rates,
+            "rft_seed_ci": [ci(n) for n in rft_names],
+            "gain": gain, "gain_ci_seeds": (g_lo, g_hi), "gain_seeds": gains,
+            "gain_ci_bootstrap_seeds": boots,
+            "gap_closed": gain / gap if gap and gap > 0 else None,
+            "steps_base": steps("base"), "steps_rft": _nanmean([steps(n) for n in rft_names]),
+        }
+        if control:
+            row["control"] = rate(control)
+            row["control_gain"] = rate(control) - rate("base")
+        rows.append(row)
+    nominal = next(r for r in rows if r["suite"] == "nominal")
+    pert = next((r for r in rows if r["suite"] == "perturbed (mean)"), None)
+    target = {
+        "nominal_gain_points": 100 * nominal["gain"],
+        "nominal_interval_excludes_zero": bool(nominal["gain_ci_seeds"][0] > 0),
+        "perturbed_gain_points": 100 * pert["gain"] if pert else None,
+        "met": bool(nominal["gain"] >= 0.05 and nominal["gain_ci_seeds"][0] > 0 and pert and pert["gain"] >= 0.05),
+    }
+    by_task = []
+    for task in metrics["tasks"]:
+        cell = lambda p, t=task: pol[p]["cells"]["nominal"][t]  # noqa: E731
+        if not cell("base")["applicable"]:
+            continue
+        by_task.append({"task": task, "base": cell("base")["success_rate"],
+                        "rft_seeds": [cell(n)["success_rate"] for n in rft_names],
+                        "control": cell(control)["success_rate"] if control else None,
+                        "expert": cell("expert")["success_rate"]})
+    return {"rows": rows, "nominal_by_task": by_task, "target": target, "rft": rft_summaries}
+
+
+def _nanmean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _pct(x, digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _signed(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{round(100 * x, 1) + 0.0:+.1f}"
+
+
+def _share(x) -> str:
+    return "n/a" if x is None else f"{round(100 * x) + 0:.0f} %"
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def render(result: dict) -> str:
+    a, meta = result["analysis"], result["meta"]
+    lines = [
+        "# Headline benchmark: RFT in the world model vs the BC base policy",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; finished {meta['finished']}; total {meta['seconds'] / 60:.1f} min.  ",
+        f"Evaluation: real Meta-World, {meta['episodes_per_task']} episodes per task and suite, the same episodes "
+        f"for every policy (seed base {meta['seed_base']}); RFT seeds {meta['seeds']}.",
+        *([f"Note: {meta['note']}"] if meta.get("note") else []),
+        "",
+        "Success rates in %. Base and expert: Wilson 95 % interval. RFT: mean over seeds. Gain in points: "
+        "mean over seeds with a 95 % t-interval over seeds; the control is one RFT run with advantages "
+        "shuffled within each group.",
+        "",
+        "| suite | base | RFT (mean of seeds) | RFT per seed | gain | gain 95 % CI (seeds) | gap closed | expert "
+        "| control | steps to success base → RFT |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in a["rows"]:
+        base_ci = (f" [{_pct(r['base_ci'][0])}, {_pct(r['base_ci'][1])}]" if r["base_ci"][0] is not None else "")
+        lines.append(
+            f"| {r['suite']} | {_pct(r['base'])}{base_ci} | {_pct(r['rft_mean'])} | "
+            f"{' / '.join(_pct(x) for x in r['rft_seeds'])} | {_signed(r['gain'])} | "
+            f"[{_signed(r['gain_ci_seeds'][0])}, {_signed(r['gain_ci_seeds'][1])}] | "
+            f"{_share(r['gap_closed'])} | {_pct(r['expert'])} | {_pct(r.get('control'))} | "
+            f"{_num(r['steps_base'])} → {_num(r['steps_rft'])} |")
+    t = a["target"]
+    lines += [
+        "",
+        f"**Target** (+5 points nominal with the interval over seeds excluding zero, +5 points on the mean of "
+        f"the perturbed suites): **{'met' if t['met'] else 'not met'}** — nominal {t['nominal_gain_points']:+.1f} "
+        f"points (interval excludes zero: {'yes' if t['nominal_interval_excludes_zero'] else 'no'}), perturbed "
+        f"{'n/a' if t['perturbed_gain_points'] is None else format(t['perturbed_gain_points'], '+.1f')} points.",
+        "",
+        "Paired bootstrap over episodes, per seed (95 %, points): " + "; ".join(
+            f"{r['suite']}: " + ", ".join(f"[{_signed(lo)}, {_signed(hi)}]" for lo, hi in r["gain_ci_bootstrap_seeds"])
+            for r in a["rows"] if r["suite"] in ("nominal", "perturbed (mean)")),
+        "",
+        "## Nominal, per task (%)",
+        "",
+        "| task | base | RFT per seed | RFT mean | control | expert |",
+        "|---|---|---|---|---|---|",
+        *[f"| {t['task']} | {_pct(t['base'], 0)} | {' / '.join(_pct(x, 0) for x in t['rft_seeds'])} | "
+          f"{_pct(float(np.mean(t['rft_seeds'])), 0)} | {_pct(t['control'], 0)} | {_pct(t['expert'], 0)} |"
+          for t in a.get("nominal_by_task", [])],
+        "",
+        "## RFT runs",
+        "",
+        "| run | steps | wall time (s) | s/step | reward first → last 10 % | within-group reward std |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in a["rft"].items():
+        tr = s["train"]
+        lines.append(f"| {name} | {tr['steps']} | {tr['seconds']:.0f} | {tr['seconds_per_step']:.2f} | "
+                     f"{tr['reward_first']:.5f} → {tr['reward_last']:.5f} | {tr['group_reward_std']:.2e} |")
+    fid = next((s["reward_fidelity"] for s in a["rft"].values() if s.get("reward_fidelity")), None)
+    if fid:
+        lines += ["", "## Is the reward verified?", "",
+                  f"On {fid['states']} held-out ({fid['split']}) start states x {fid['group_size']} sampled chunks, "
+                  f"the mean within-group Spearman correlation between the world-model reward and the same "
+                  f"distance measured in the real simulator is **{fid['spearman_expert_imagined']:.3f}** "
+                  f"(target >= 0.7); against the recorded frames as the reward target it is "
+                  f"{fid['spearman_real_frames_target']:.3f}. State restore error: "
+                  f"{fid['restore_max_pixel_error']:.0f} px."]
+    return "\n".join(lines) + "\n"
+
+
+def _analyse_stored(evaluation: str, summaries: dict) -> dict:
+    eval_dir, _ = storage.read_artifact(evaluation, expected_kind="evaluation")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    with open(eval_dir / "episodes.csv") as fh:
+        episodes = list(csv.DictReader(fh))
+    rft_names = [n for n in metrics["policies"] if n.startswith("rft-")]
+    control = next((n for n in metrics["policies"] if n.startswith("control-")), None)
+    return analyse(metrics, episodes, rft_names, control, summaries)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="runs/benchmark", help="where the artifacts go (reused when present)")
+    ap.add_argument("--profile", default="standard")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--dataset", help="reuse this dataset instead of recording one")
+    ap.add_argument("--world-model", help="reuse this world model (trained on --dataset)")
+    ap.add_argument("--policy", help="reuse this BC base policy (trained on --dataset)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-control", action="store_true", help="skip the shuffled-advantage control run")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite --out from its JSON (after a change to the table's format); runs nothing")
+    args = ap.parse_args()
+    if args.render_only:
+        out = Path(args.out)
+        result = json.loads(out.with_suffix(".json").read_text())
+        result["analysis"] = _analyse_stored(result["meta"]["artifacts"]["evaluation"], result["analysis"]["rft"])
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+        out.write_text(render(result))
+        print(out.read_text())
+        return
+    start = time.time()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(args.params, args.profile, args.overrides)
+
+    dataset = args.dataset or str(work / "dataset")
+    _stage("prepare-data", dataset, lambda: stages.prepare_data(cfg, dataset, progress=False))
+    wm = args.world_model or str(work / "world_model")
+    _stage("train-world-model", wm, lambda: stages.train_world_model(cfg, dataset, wm, progress=False))
+    base = args.policy or str(work / "policy_bc")
+    _stage("pretrain-policy", base, lambda: stages.pretrain_policy(cfg, dataset, base, progress=False))
+
+    runs = {f"rft-s{s}": ([f"common.seed={s}"], i == 0) for i, s in enumerate(args.seeds)}
+    if not args.no_control:
+        runs[f"control-s{args.seeds[0]}"] = ([f"common.seed={args.seeds[0]}", "rft.shuffle_advantages=true"], False)
+    summaries = {}
+    for name, (extra, verify) in runs.items():
+        run_cfg = load_config(args.params, args.profile, [*args.overrides, *extra])
+        uri = str(work / name)
+        summaries[name] = _stage(name, uri, lambda c=run_cfg, u=uri, v=verify: stages.rft(
+            c, dataset, wm, base, u, verify=v, progress=False))
+
+    evaluation = str(work / "evaluation")
+    policies = {"base": base, **{name: str(work / name) for name in runs}}
+    _stage("evaluate", evaluation, lambda: stages.evaluate(cfg, policies, evaluation, progress=False))
+    analysis = _analyse_stored(evaluation, summaries)
+    base_entry = json.loads((storage.read_artifact(evaluation)[0] / "metrics.json").read_text())["policies"]["base"]
+    result = {
+        "meta": {
+            "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, "
+                       f"device {cfg.common.device}",
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seconds": time.time() - start, "profile": args.profile, "seeds": args.seeds,
+            "episodes_per_task": base_entry["episodes_per_task"], "seed_base": base_entry["seed_base"],
+            "artifacts": {"dataset": dataset, "world_model": wm, "base": base, "evaluation": evaluation},
+        },
+        "analysis": analysis,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    out.write_text(render(result))
+    _log(f"wrote {out} and {out.with_suffix('.json')}")
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
