@@ -145,6 +145,34 @@ def test_exploration_range_bounds_the_sampling_std_during_rft(data, world_model,
         RFTConfig(explore_std_min=0.5, explore_std_max=0.3)
 
 
+def test_lpips_loads_local_weights_and_orders_distortions(tmp_path):
+    from safetensors.torch import save_file
+
+    from vla_rft.rft.lpips import LPIPS, load_lpips
+    from vla_rft.rft.rewards import frame_distance
+
+    torch.manual_seed(0)
+    state = {k: (v.abs() if k.startswith("lin") else v) for k, v in LPIPS().state_dict().items()}
+    # the reference module's layout: lin0..4 listed twice (also as lins.0..4)
+    state.update({f"lins.{k[3]}{k[4:]}": v.clone() for k, v in state.items() if k.startswith("lin")})
+    path = tmp_path / "lpips_vgg.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    frames = torch.rand(2, 3, 3, 64, 64)
+    small = (frames + 0.02 * torch.randn_like(frames)).clamp(0, 1)
+    large = (frames + 0.3 * torch.randn_like(frames)).clamp(0, 1)
+    dist = lambda a, b: frame_distance(a, b, 0.0, 1.0, "lpips", str(path))  # noqa: E731
+    assert torch.allclose(dist(frames, frames), torch.zeros(2), atol=1e-6)
+    assert (dist(frames, small) > 0).all() and (dist(frames, large) > dist(frames, small)).all()
+    cfg = RFTConfig(perceptual="lpips", lpips_weights=str(path), reward_perceptual_weight=1.0)
+    assert cfg.lpips_weights == str(path)
+    with pytest.raises(ConfigError, match="no file at"):
+        RFTConfig(perceptual="lpips", lpips_weights=str(tmp_path / "missing.safetensors"))
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"net.slice1.0.weight": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ValueError, match="not an LPIPS\\(VGG\\) state dict"):
+        load_lpips(str(wrong))
+
+
 def test_mismatched_world_model_and_policy_are_refused(data, base_policy_dir):
     policy = VLAPolicy.from_pretrained(base_policy_dir)
     wm = WorldModel(WorldModelConfig(**WORLD), image_size=64, chunk_len=4, action_dim=4, state_dim=4)

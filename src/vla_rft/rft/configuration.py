@@ -9,6 +9,7 @@ and trains on a CPU, so learning rates are larger and groups smaller.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from vla_rft.config import ConfigError
@@ -50,7 +51,7 @@ class RFTConfig:
     # -- the verified reward ----------------------------------------------------------------------
     reward_l1_weight: float = 1.0
     reward_perceptual_weight: float = 1.0
-    #: "ssim": 1 - SSIM (LPIPS weights cannot be downloaded here); "lpips" needs ``lpips_weights``
+    #: "ssim": 1 - SSIM; "lpips": LPIPS(VGG) from the local file ``lpips_weights`` (no downloads here)
     perceptual: Literal["ssim", "lpips", "none"] = "ssim"
     lpips_weights: str = ""  #: local path of LPIPS(VGG) weights, only for perceptual: lpips
     #: compare against the world model's rollout of the expert chunk (VLA-RFT) or the recorded frames
@@ -85,6 +86,8 @@ class RFTConfig:
         if self.perceptual == "lpips" and not self.lpips_weights:
             raise ConfigError("rft.perceptual is 'lpips' but rft.lpips_weights names no local weights file "
                               "(LPIPS weights cannot be downloaded at run time)")
+        if self.perceptual == "lpips" and not Path(self.lpips_weights).is_file():
+            raise ConfigError(f"rft.lpips_weights: no file at {self.lpips_weights}")
         if (self.explore_std_min, self.explore_std_max) != (0.0, 0.0) and not (
                 0 < self.explore_std_min < self.explore_std_max):
             raise ConfigError(f"rft.explore_std_min/max must satisfy 0 < min < max (or both 0 to keep the policy's "

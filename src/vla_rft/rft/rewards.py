@@ -5,7 +5,9 @@ recorded chunk in the world model, and rewards the policy by ``-(w_l1 * L1 + w_p
 perceptual)`` between the two imagined frame sequences, averaged over the K frames. Comparing two
 *imagined* sequences cancels most of the world model's own error (both share its blur); the
 option ``reward_target: real_frames`` compares against the recorded frames instead.
-LPIPS(VGG) weights cannot be downloaded here, so the perceptual term defaults to 1 - SSIM.
+LPIPS(VGG) weights cannot be downloaded here, so the perceptual term is 1 - SSIM unless
+``rft.lpips_weights`` names a local LPIPS(VGG) file (see ``vla_rft.rft.lpips``); the default
+weight of the perceptual term is 0 (L1 ranked chunks best, docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pytorch_msssim import ssim
 
 
 def frame_distance(pred: torch.Tensor, target: torch.Tensor, l1_weight: float = 1.0,
-                   perceptual_weight: float = 1.0, perceptual: str = "ssim") -> torch.Tensor:
+                   perceptual_weight: float = 1.0, perceptual: str = "ssim", lpips_weights: str = "") -> torch.Tensor:
     """Distance per sequence: ``pred`` (N, K, 3, H, W) vs ``target`` (N, K, 3, H, W) in [0, 1] -> (N,).
 
     The mean over the K frames of ``l1_weight * L1 + perceptual_weight * (1 - SSIM)``.
@@ -32,10 +34,14 @@ def frame_distance(pred: torch.Tensor, target: torch.Tensor, l1_weight: float = 
         s = ssim(flat_p, flat_t, data_range=1.0, size_average=False, win_size=win).reshape(n, k)
         dist = dist + perceptual_weight * (1.0 - s)
     elif perceptual == "lpips" and perceptual_weight:
-        raise NotImplementedError(
-            "perceptual 'lpips' needs LPIPS(VGG) weights on local disk and the lpips package; neither is "
-            "available on this machine, so use perceptual: ssim"
-        )
+        from vla_rft.rft.lpips import load_lpips
+
+        if not lpips_weights:
+            raise ValueError("perceptual 'lpips' needs a local weights file (rft.lpips_weights)")
+        model = load_lpips(str(lpips_weights)).to(pred.device)
+        flat_p, flat_t = pred.reshape(n * k, *pred.shape[2:]), target.reshape(n * k, *target.shape[2:])
+        with torch.no_grad():
+            dist = dist + perceptual_weight * model(flat_p, flat_t).reshape(n, k)
     elif perceptual not in ("ssim", "lpips", "none"):
         raise ValueError(f"unknown perceptual term {perceptual!r}; allowed: ssim, lpips, none")
     return dist.mean(dim=1)
@@ -47,7 +53,7 @@ def verified_reward(policy_frames: torch.Tensor, target_frames: torch.Tensor, cf
     target = target_frames[:, None].expand(b, g, *target_frames.shape[1:])
     dist = frame_distance(policy_frames.reshape(b * g, *policy_frames.shape[2:]),
                           target.reshape(b * g, *target.shape[2:]),
-                          cfg.reward_l1_weight, cfg.reward_perceptual_weight, cfg.perceptual)
+                          cfg.reward_l1_weight, cfg.reward_perceptual_weight, cfg.perceptual, cfg.lpips_weights)
     return -dist.reshape(b, g)
 
 

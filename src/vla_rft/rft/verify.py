@@ -93,7 +93,8 @@ def reward_fidelity(policy, world_model, data: LoadedDataset, cfg: RFTConfig, *,
         real, err = real_chunk_frames(data, int(starts[i]), chunks_np[i], data.info)
         restore = max(restore, err)
         dist_real = frame_distance(_to_float(real), recorded[i][None].expand(g, *recorded.shape[1:]),
-                                   cfg.reward_l1_weight, cfg.reward_perceptual_weight, cfg.perceptual)
+                                   cfg.reward_l1_weight, cfg.reward_perceptual_weight, cfg.perceptual,
+                                   cfg.lpips_weights)
         r_real[i] = -dist_real
 
     def mean_spearman(a: torch.Tensor, b: torch.Tensor) -> float:
