@@ -7,6 +7,7 @@ import json
 import re
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from vla_rft.components.stage_components import DEFAULT_IMAGE
@@ -60,20 +61,22 @@ def run_local(pipeline_root: str | Path, params_path: str | Path = "params.yaml"
 
     params_json = load_params(params_path)
     root = Path(pipeline_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    # every run writes under its own prefix, so runs started at the same time never share a directory
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    run_root = root / run_id
+    run_root.mkdir(parents=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root), raise_on_error=True)
     pipeline = build_pipeline(params_json, cluster=False)
     kwargs = {"overrides": list(overrides or [])}
     if profile:
         kwargs["profile"] = profile
     start = time.time()
-    before = {p.name for p in root.iterdir()}
     pipeline(**kwargs)
-    runs = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise PipelineError(f"the local run left no run directory under {root}")
-    run_dir = runs[-1]
-    result = {"pipeline_root": str(root), "run_dir": str(run_dir), "seconds": time.time() - start}
+    runs = [p for p in run_root.iterdir() if p.is_dir()]
+    if len(runs) != 1:
+        raise PipelineError(f"expected one kfp.local run directory under {run_root}, found {len(runs)}")
+    run_dir = runs[0]
+    result = {"pipeline_root": str(root), "run_id": run_id, "run_dir": str(run_dir), "seconds": time.time() - start}
     evaluation = run_dir / "evaluate" / "evaluation"
     if (evaluation / "metrics.json").exists():
         metrics = json.loads((evaluation / "metrics.json").read_text())

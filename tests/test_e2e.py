@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vla_rft import storage
 from vla_rft.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,24 +38,48 @@ def _small_params(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_locally_with_kfp(tmp_path, monkeypatch):
-    from vla_rft.pipelines import client
-
+def test_two_concurrent_local_pipeline_runs_keep_to_their_own_prefixes(tmp_path):
+    """Two `vla-rft pipeline run --local` at once, same pipeline root and registry: neither touches the other."""
     params = _small_params(tmp_path / "params.yaml")
-    monkeypatch.chdir(tmp_path)
-    result = client.run_local(tmp_path / "kfp", params_path=params, profile="quick")
-    run = Path(result["run_dir"])
-    for task in ("prepare-data", "train-world-model", "pretrain-policy", "rft", "evaluate", "promote"):
-        assert (run / task).is_dir(), f"task {task} left no outputs"
-    metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
-    assert set(metrics["policies"]) == {"base", "rft", "expert"}
-    assert metrics["tasks"] == ["push", "drawer-open"]
-    assert metrics["policies"]["expert"]["overall"]["nominal"] == 1.0
-    assert (run / "evaluate" / "evaluation" / "report.html").exists()
-    assert set(result["success"]) == {"base", "rft", "expert"}
-    decision = json.loads(result["promotion"])
-    assert decision["promoted"] and decision["reason"] == "no champion yet"  # a fresh registry
-    assert json.loads((tmp_path / "registry" / "champion.json").read_text())["version"] == decision["version"]
+    root = tmp_path / "kfp"
+    env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    procs = []
+    for i in range(2):
+        cmd = [sys.executable, "-m", "vla_rft.cli", "pipeline", "run", "--local", "--params", str(params),
+               "--profile", "quick", "--pipeline-root", str(root), "--summary-json", str(tmp_path / f"run{i}.json")]
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+        assert "report: " in out
+    results = [json.loads((tmp_path / f"run{i}.json").read_text()) for i in range(2)]
+    assert results[0]["run_id"] != results[1]["run_id"]
+    for result in results:
+        run = Path(result["run_dir"])
+        assert run.parent == root / result["run_id"], "a run wrote outside its run-scoped prefix"
+        for task in ("prepare-data", "train-world-model", "pretrain-policy", "rft", "evaluate", "promote"):
+            assert (run / task).is_dir(), f"task {task} left no outputs"
+        evaluation = run / "evaluate" / "evaluation"
+        assert result["report"] == str(evaluation / "report.html") and Path(result["report"]).exists()
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        assert set(metrics["policies"]) == {"base", "rft", "expert"}
+        assert metrics["tasks"] == ["push", "drawer-open"]
+        assert metrics["policies"]["expert"]["overall"]["nominal"] == 1.0
+        assert set(result["success"]) == {"base", "rft", "expert"}
+        # every artifact of the run still verifies against its own manifest (nothing overwritten)
+        for manifest in run.rglob("meta.json"):
+            storage.read_artifact(str(manifest.parent))
+    # the shared registry: both decisions recorded, promotions serialised, the champion is the best candidate
+    decisions = [json.loads(r["promotion"]) for r in results]
+    assert len(list((tmp_path / "registry" / "decisions").glob("*.json"))) == 2
+    assert sum(d["promoted"] and d["reason"] == "no champion yet" for d in decisions) == 1
+    champion = json.loads((tmp_path / "registry" / "champion.json").read_text())
+    assert champion["score"] == max(d["candidate_score"] for d in decisions)
+    promoted = [d["version"] for d in decisions if d["promoted"]]
+    assert champion["version"] in promoted
+    for version in promoted:
+        storage.read_artifact(str(tmp_path / "registry" / "versions" / version), expected_kind="policy")
 
 
 @pytest.mark.slow

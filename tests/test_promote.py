@@ -88,3 +88,29 @@ def test_partial_candidate_never_becomes_champion(cfg, tmp_path):
     with pytest.raises(storage.ArtifactIntegrityError):
         stages.promote(cfg, good, _evaluation(tmp_path, "x", 0.99), registry=registry)
     assert storage.read_json(f"{registry}/champion.json")["version"] == first["version"]
+
+
+def _promote_when_released(cfg, candidate, evaluation, registry, barrier):
+    barrier.wait()  # every process reads the registry at the same moment
+    return stages.promote(cfg, candidate, evaluation, registry=registry)
+
+
+def test_concurrent_promotions_into_a_local_registry_are_serialised(cfg, tmp_path):
+    """Six processes promote at once: one finds no champion, every decision is recorded, the best one wins."""
+    import multiprocessing as mp
+
+    registry = str(tmp_path / "registry")
+    scores = [0.50, 0.70, 0.60, 0.55, 0.65, 0.52]
+    jobs = [(_policy(tmp_path, str(i), bytes([65 + i]) * 64), _evaluation(tmp_path, str(i), s))
+            for i, s in enumerate(scores)]
+    ctx = mp.get_context("fork")
+    barrier = ctx.Manager().Barrier(len(jobs))
+    with ctx.Pool(len(jobs)) as pool:
+        decisions = pool.starmap(_promote_when_released, [(cfg, c, e, registry, barrier) for c, e in jobs])
+    assert sum(d["reason"] == "no champion yet" for d in decisions) == 1, [d["reason"] for d in decisions]
+    assert len(list((tmp_path / "registry" / "decisions").glob("*.json"))) == len(jobs)
+    champion = json.loads((tmp_path / "registry" / "champion.json").read_text())
+    assert champion["score"] == max(scores)
+    for d in decisions:  # each promotion beat the champion it saw
+        if d["promoted"] and d["champion"] is not None:
+            assert d["candidate_score"] > d["champion"]["score"]

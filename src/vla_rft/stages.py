@@ -7,6 +7,7 @@ built in a private temporary directory and published atomically with its manifes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -163,6 +164,33 @@ def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: s
     if score is None:
         raise ValueError(f"the evaluation has no '{pcfg.metric}' success rate for {pcfg.policy!r}")
     fingerprint = _evaluation_fingerprint(metrics, pcfg.policy)
+    with _registry_lock(registry):  # read, decide and switch as one step when runs promote concurrently
+        return _decide_and_promote(pcfg, registry, candidate_uri, metrics, score, fingerprint, force)
+
+
+@contextlib.contextmanager
+def _registry_lock(registry: str):
+    """An exclusive lock on a local registry (``flock`` on ``<registry>/.promote.lock``).
+
+    S3 has no lock primitive that MinIO and every S3 server share; concurrent runs promoting into one
+    S3 registry are serialised by the scheduler instead (``pipeline schedule --max-concurrency 1``).
+    """
+    if storage.is_s3_uri(registry):
+        yield
+        return
+    import fcntl
+
+    Path(registry).mkdir(parents=True, exist_ok=True)
+    with open(Path(registry) / ".promote.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _decide_and_promote(pcfg, registry: str, candidate_uri: str, metrics: dict, score: float, fingerprint: str,
+                        force: bool) -> dict[str, Any]:
     champion = storage.read_json(storage.join_uri(registry, "champion.json"))
     now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     decision: dict[str, Any] = {"time": now, "candidate": candidate_uri, "metric": pcfg.metric,
