@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from vla_rft.config import ConfigError, config_from_dict, load_config
 from vla_rft.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_profiles_load_and_differ():
@@ -46,3 +50,23 @@ def test_unknown_profile_and_missing_file(tmp_path):
         load_config("params.yaml", profile="huge")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_params_yaml_sections_match_the_dataclass_defaults():
+    """params.yaml's sections are the defaults; code that builds a config without the file must agree."""
+    import dataclasses
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = load_config(ROOT / "params.yaml")
+    differ = []
+    for section in ("common", "sim", "prepare_data", "world_model", "policy", "rft", "evaluate", "promote"):
+        for field in dataclasses.fields(type(getattr(cfg, section))):
+            if field.name not in raw[section]:
+                continue
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            default = list(default) if isinstance(default, tuple) else default
+            if raw[section][field.name] != default:
+                differ.append(f"{section}.{field.name}: params.yaml {raw[section][field.name]!r}, code {default!r}")
+    assert not differ, differ

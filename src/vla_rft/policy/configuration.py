@@ -70,7 +70,7 @@ class PolicyConfig:
     #: chunks per optimisation step
     batch_size: int = 64
     #: optimisation steps
-    steps: int = 2500
+    steps: int = 2000
     #: steps between validation-loss evaluations (0: only at the end)
     eval_interval: int = 250
     #: validation chunks used for the validation loss (a fixed, seeded subset of the val split)

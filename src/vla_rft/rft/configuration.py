@@ -45,12 +45,12 @@ class RFTConfig:
     #: exploration: the policy's std is bounded to [explore_std_min, explore_std_max] during RFT
     #: (0, 0 keeps the policy's own bounds). Evaluation acts with the mean, so this only sets how far
     #: the sampled chunks spread; wider spread lets the world model rank them (docs/decisions.md)
-    explore_std_min: float = 0.0
-    explore_std_max: float = 0.0
+    explore_std_min: float = 0.3
+    explore_std_max: float = 0.5
     grad_clip: float = 1.0
     # -- the verified reward ----------------------------------------------------------------------
     reward_l1_weight: float = 1.0
-    reward_perceptual_weight: float = 1.0
+    reward_perceptual_weight: float = 0.0  #: 1 - SSIM ranked chunks worse than L1 alone (docs/decisions.md)
     #: "ssim": 1 - SSIM; "lpips": LPIPS(VGG) from the local file ``lpips_weights`` (no downloads here)
     perceptual: Literal["ssim", "lpips", "none"] = "ssim"
     lpips_weights: str = ""  #: local path of LPIPS(VGG) weights, only for perceptual: lpips
@@ -60,7 +60,7 @@ class RFTConfig:
     checkpoint_interval: int = 50
     log_interval: int = 10
     #: held-out (val) start states on which world-model rewards are checked against the real simulator
-    verify_states: int = 16
+    verify_states: int = 64
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_starts", "ppo_epochs", "log_interval"):
