@@ -58,6 +58,14 @@ def _stage(name: str, uri: str, fn) -> dict | None:
     return result
 
 
+def _rft_summary_from_artifact(uri: str) -> dict:
+    """The training summary (and reward check) an RFT artifact carries, for runs reused without a stage summary."""
+    model_dir, _ = storage.read_artifact(uri, expected_kind="policy")
+    fidelity = model_dir / "reward_fidelity.json"
+    return {"train": json.loads((model_dir / "summary.json").read_text()),
+            "reward_fidelity": json.loads(fidelity.read_text()) if fidelity.exists() else None}
+
+
 def _paired_bootstrap(episodes: list[dict], policy: str, base: str, suites: list[str], n_boot: int = 2000,
                       seed: int = 0) -> tuple[float, float]:
     """95 % interval of the mean success difference (policy - base) over the given suites, by resampling
@@ -285,7 +293,7 @@ def main() -> None:
         run_cfg = load_config(args.params, args.profile, [*args.overrides, *extra])
         uri = str(work / name)
         summaries[name] = _stage(name, uri, lambda c=run_cfg, u=uri, v=verify: stages.rft(
-            c, dataset, wm, base, u, verify=v, progress=False))
+            c, dataset, wm, base, u, verify=v, progress=False)) or _rft_summary_from_artifact(uri)
 
     evaluation = str(work / "evaluation")
     policies = {"base": base, **{name: str(work / name) for name in runs}}
