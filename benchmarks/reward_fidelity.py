@@ -64,7 +64,6 @@ def collect(data, policy, world_model, split: str, n_states: int, group: int, se
         "wm_expert": frames[n * group:],
         "real_policy": torch.stack(real),
         "recorded": batch["future_images"].float() / 255.0,
-        "start": batch["image"].float() / 255.0 if batch["image"].dtype == torch.uint8 else batch["image"].float(),
         "task_index": batch["task_index"],
     }
 
