@@ -274,7 +274,7 @@ def main() -> None:
         print(out.read_text())
         return
     start = time.time()
-    work = Path(args.work).resolve()
+    work = Path(args.work)  # as given (relative paths stay relative in results.json)
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.params, args.profile, args.overrides)
 
