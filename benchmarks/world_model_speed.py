@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import yaml
 
-    from vla_rft.world_model import WorldModel, WorldModelConfig
+    from vla_rft.world_model.configuration import WorldModelConfig
+    from vla_rft.world_model.modeling import WorldModel
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a saved world model directory (default: untrained, --set architecture)")

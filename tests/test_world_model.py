@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from vla_rft.config import CommonConfig, ConfigError
 from vla_rft.data import load_dataset
 from vla_rft.data.torch_dataset import ChunkDataset
-from vla_rft.world_model import ImaginedSimulator, WorldModel, WorldModelConfig
+from vla_rft.world_model.configuration import ARCHITECTURE_FIELDS, WorldModelConfig
+from vla_rft.world_model.modeling import ImaginedSimulator, WorldModel
 from vla_rft.world_model import evaluate as wm_eval
 from vla_rft.world_model import train as wm_train
 
@@ -82,6 +83,7 @@ def test_training_writes_model_and_curves(trained):
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     meta = json.loads((out / "config.json").read_text())
     assert meta["image_size"] == 64 and meta["chunk_len"] == K
+    assert set(meta["architecture"]) == set(ARCHITECTURE_FIELDS)  # no training settings in the model config
     rows = json.loads((out / "curves.json").read_text())
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert set(rows[0]) >= {"step", "loss", "lr", "seconds"}

@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from vla_rft.config import ConfigError, load_config
+from vla_rft.config import load_config
+from vla_rft.errors import ConfigError
 
 log = logging.getLogger("vla_rft")
 

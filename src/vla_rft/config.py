@@ -6,9 +6,9 @@ checked against the dataclasses below: an unknown key, a wrong type or an unknow
 raises :class:`ConfigError` naming the key and what is allowed.
 
 Sections of the stages that have their own subpackage (world model, policy, RFT, evaluation) are
-defined next to their code, LeRobot-style (``<package>/configuration.py``), and imported here
-after :class:`ConfigError` exists; those modules import nothing but this error, so loading a
-config never imports torch or the simulator.
+defined next to their code, LeRobot-style (``<package>/configuration.py``). Those modules import
+only :mod:`vla_rft.errors` (and evaluation the perturbation kinds from :mod:`vla_rft.sim.perturbations`),
+so loading a config never imports torch or the simulator.
 """
 
 from __future__ import annotations
@@ -23,17 +23,14 @@ from typing import Any, Literal
 
 import yaml
 
+from vla_rft.errors import CompatibilityError, ConfigError
+from vla_rft.evaluation.configuration import EvaluateConfig
+from vla_rft.policy.configuration import PolicyConfig
+from vla_rft.rft.configuration import RFTConfig
 from vla_rft.tasks import TASKS
+from vla_rft.world_model.configuration import WorldModelConfig
 
-PERTURBATION_KINDS: tuple[str, ...] = ("none", "object", "goal", "robot", "combined")
-
-
-class ConfigError(ValueError):
-    """A value in params.yaml (or an override) is missing, unknown or of the wrong type."""
-
-
-class CompatibilityError(ValueError):
-    """Artifacts that must fit together do not (image size, chunk length, action dimension)."""
+__all__ = ["CompatibilityError", "Config", "ConfigError", "config_from_dict", "load_config"]
 
 
 @dataclass
@@ -128,12 +125,6 @@ class PromoteConfig:
             raise ConfigError(f"promote.metric: unknown metric {self.metric!r}; allowed: nominal, perturbed, all")
         if not 0 <= self.min_improvement < 1:
             raise ConfigError(f"promote.min_improvement must be in [0, 1), got {self.min_improvement}")
-
-
-from vla_rft.evaluation.configuration import EvaluateConfig  # noqa: E402 - needs ConfigError above
-from vla_rft.policy.configuration import PolicyConfig  # noqa: E402
-from vla_rft.rft.configuration import RFTConfig  # noqa: E402
-from vla_rft.world_model.configuration import WorldModelConfig  # noqa: E402
 
 
 @dataclass

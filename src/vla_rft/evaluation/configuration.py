@@ -14,17 +14,18 @@ Profile values (``evaluate:`` in params.yaml) and what they cost on 2 CPU cores:
   CPU-seconds (~2 min on 2 cores) plus its own forward passes; the expert ~440 CPU-seconds,
   because ``record_episodes`` renders every step.
 
-This module imports nothing of ours at import time, so ``vla_rft.config`` may import
-:class:`EvaluateConfig` into its ``Config`` without an import cycle (``ConfigError`` is imported
-when a config is validated).
+Suite names follow :attr:`vla_rft.sim.perturbations.Perturbation.name`, the one naming rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vla_rft.errors import ConfigError
+from vla_rft.sim.perturbations import PERTURBATION_KINDS, suite_name
+
 #: perturbation kinds that make suites, in report order (``none`` is the nominal suite)
-SUITE_KINDS: tuple[str, ...] = ("object", "goal", "robot", "combined")
+SUITE_KINDS: tuple[str, ...] = tuple(k for k in PERTURBATION_KINDS if k != "none")
 #: the special suite name that selects every suite
 ALL_SUITES = "all"
 
@@ -40,11 +41,6 @@ class Suite:
     @property
     def perturbed(self) -> bool:
         return self.kind != "none"
-
-
-def suite_name(kind: str, magnitude_cm: float) -> str:
-    """The suite's name; matches ``vla_rft.sim.Perturbation(kind, magnitude_cm).name``."""
-    return "nominal" if kind == "none" else f"{kind}-{magnitude_cm:g}cm"
 
 
 def suite_table(magnitudes_cm: list[float] | tuple[float, ...] = (2.5, 5.0)) -> dict[str, Suite]:
@@ -87,36 +83,35 @@ class EvaluateConfig:
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        from vla_rft.config import ConfigError as err
         if self.episodes_per_task < 1:
-            raise err(f"evaluate.episodes_per_task must be >= 1, got {self.episodes_per_task}")
+            raise ConfigError(f"evaluate.episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if not self.magnitudes_cm:
-            raise err("evaluate.magnitudes_cm is empty: name at least one shift, e.g. [2.5, 5.0]")
+            raise ConfigError("evaluate.magnitudes_cm is empty: name at least one shift, e.g. [2.5, 5.0]")
         for m in self.magnitudes_cm:
             if not 0 < m <= 10:
-                raise err(f"evaluate.magnitudes_cm: {m} is out of range (0, 10] cm")
+                raise ConfigError(f"evaluate.magnitudes_cm: {m} is out of range (0, 10] cm")
         if len({suite_name("object", float(m)) for m in self.magnitudes_cm}) != len(self.magnitudes_cm):
-            raise err(f"evaluate.magnitudes_cm lists a magnitude twice: {self.magnitudes_cm}")
+            raise ConfigError(f"evaluate.magnitudes_cm lists a magnitude twice: {self.magnitudes_cm}")
         if not self.suites:
-            raise err(f"evaluate.suites is empty: name suites or use [{ALL_SUITES}]")
+            raise ConfigError(f"evaluate.suites is empty: name suites or use [{ALL_SUITES}]")
         allowed = suite_table(self.magnitudes_cm)
         for name in [*self.suites, *self.gif_suites]:
             if name != ALL_SUITES and name not in allowed:
-                raise err(f"evaluate: unknown suite {name!r}; allowed: {ALL_SUITES}, {', '.join(allowed)}")
+                raise ConfigError(f"evaluate: unknown suite {name!r}; allowed: {ALL_SUITES}, {', '.join(allowed)}")
         if len(set(self.suites)) != len(self.suites):
-            raise err(f"evaluate.suites lists a suite twice: {self.suites}")
+            raise ConfigError(f"evaluate.suites lists a suite twice: {self.suites}")
         if self.seed_base < 0:
-            raise err(f"evaluate.seed_base must be >= 0, got {self.seed_base}")
+            raise ConfigError(f"evaluate.seed_base must be >= 0, got {self.seed_base}")
         if not 1 <= self.max_episode_steps <= 500:
-            raise err(f"evaluate.max_episode_steps must be in [1, 500], got {self.max_episode_steps}")
+            raise ConfigError(f"evaluate.max_episode_steps must be in [1, 500], got {self.max_episode_steps}")
         if self.batch_size < 1:
-            raise err(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
-            raise err(f"evaluate.num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"evaluate.num_workers must be >= 0, got {self.num_workers}")
         if self.gifs_per_task < 0:
-            raise err(f"evaluate.gifs_per_task must be >= 0, got {self.gifs_per_task}")
+            raise ConfigError(f"evaluate.gifs_per_task must be >= 0, got {self.gifs_per_task}")
         if not 0.5 <= self.confidence < 1:
-            raise err(f"evaluate.confidence must be in [0.5, 1), got {self.confidence}")
+            raise ConfigError(f"evaluate.confidence must be in [0.5, 1), got {self.confidence}")
 
     def suite_list(self) -> list[Suite]:
         """The selected suites, in report order (nominal first, then by kind and magnitude)."""

@@ -1,7 +1,6 @@
 """Hyperparameters of the VLA policy and of its behaviour-cloning pretraining (``policy:`` in params.yaml).
 
-Imports nothing of the package at load time (``ConfigError`` is imported when a check fails), so
-``vla_rft.config`` can import :class:`PolicyConfig` at its top without an import cycle.
+Imports only :mod:`vla_rft.errors`, so loading a config never imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -9,10 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vla_rft.errors import ConfigError
+
 BC_LOSSES: tuple[str, ...] = ("mse_nll", "l1_nll", "nll")
-IMAGE_ENCODERS: tuple[str, ...] = ("cnn",)
 AUGMENTATIONS: tuple[str, ...] = ("none", "shift")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+#: fields that define the network (written to the model's config.json); the rest is training
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "cnn_channels", "keypoints", "hidden_size", "num_layers", "num_heads", "mlp_ratio", "dropout",
+    "std_min", "std_max",
+)
 
 
 @dataclass
@@ -20,8 +26,6 @@ class PolicyConfig:
     """The VLA policy (image encoder + frozen sentence encoder + proprio -> transformer -> Gaussian chunk head)."""
 
     # -- architecture -----------------------------------------------------------------------------
-    #: image encoder kind; "cnn": strided conv stack whose final feature map becomes image tokens
-    image_encoder: Literal["cnn"] = "cnn"
     #: output channels of each stride-2 conv block (64x64 input, 4 blocks -> a 4x4 grid = 16 tokens)
     cnn_channels: tuple[int, ...] = (32, 64, 128, 128)
     #: spatial-softmax keypoints read from the 1/4-resolution conv map, given to the trunk as one
@@ -80,17 +84,17 @@ class PolicyConfig:
     #: steps between curve rows (train loss averaged over the interval)
     log_interval: int = 25
 
+    def architecture(self) -> dict:
+        """The fields that define the network, as written to the model's config.json."""
+        return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in ARCHITECTURE_FIELDS}
+
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
-            from vla_rft.config import ConfigError
-
             raise ConfigError(f"policy.{name} {why}, got {getattr(self, name)!r}")
 
-        for name, allowed in (("image_encoder", IMAGE_ENCODERS), ("bc_loss", BC_LOSSES),
+        for name, allowed in (("bc_loss", BC_LOSSES),
                               ("augmentation", AUGMENTATIONS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
-                from vla_rft.config import ConfigError
-
                 raise ConfigError(f"policy.{name}: unknown value {getattr(self, name)!r}; "
                                   f"allowed values: {', '.join(allowed)}")
         self.cnn_channels = tuple(self.cnn_channels)

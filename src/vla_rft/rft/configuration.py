@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vla_rft.config import ConfigError
+from vla_rft.errors import ConfigError
 
 PERCEPTUAL: tuple[str, ...] = ("ssim", "lpips", "none")
 REWARD_TARGETS: tuple[str, ...] = ("expert_imagined", "real_frames")
 TRAINABLE: tuple[str, ...] = ("all", "trunk_and_heads", "heads")
-KL_ESTIMATORS: tuple[str, ...] = ("k3",)
+KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 
 
 @dataclass
@@ -35,7 +35,8 @@ class RFTConfig:
     clip_eps_high: float = 0.2
     entropy_coef: float = 0.003  #: entropy bonus (VLA-RFT: 0.003)
     kl_beta: float = 0.0  #: KL to the frozen base policy; 0 = no reference model is loaded
-    kl_estimator: Literal["k3"] = "k3"
+    #: estimator of KL(pi || base) from the sampled chunks: k1, k2 or k3 (TRL's default; unbiased, >= 0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     bc_coef: float = 0.01  #: BC regulariser on the expert chunk (mean squared error of the mean)
     advantage_eps: float = 1e-4  #: advantages = (r - mean_group) / (std_group + eps)
     #: control run: shuffle advantages within each group, keeping their distribution but not their

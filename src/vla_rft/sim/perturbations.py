@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vla_rft.config import PERTURBATION_KINDS
 from vla_rft.tasks import TASKS, TaskSpec
+
+#: what a perturbation may shift, in report order; ``none`` is the nominal suite
+PERTURBATION_KINDS: tuple[str, ...] = ("none", "object", "goal", "robot", "combined")
+
+
+def suite_name(kind: str, magnitude_cm: float) -> str:
+    """The one naming rule for suites: ``nominal``, else ``<kind>-<magnitude>cm`` (``object-2.5cm``)."""
+    return "nominal" if kind == "none" else f"{kind}-{magnitude_cm:g}cm"
 
 #: Meta-World's sampling ranges for each task's rand_vec (copied from each env's ``__init__``),
 #: and its nominal hand start. Reading them from an env instance would need the simulator here.
@@ -57,7 +64,7 @@ class Perturbation:
 
     @property
     def name(self) -> str:
-        return "nominal" if self.kind == "none" else f"{self.kind}-{self.magnitude_cm:g}cm"
+        return suite_name(self.kind, self.magnitude_cm)
 
     def moves(self, part: str) -> bool:
         """Whether this perturbation shifts ``part`` ('object', 'goal' or 'robot')."""

@@ -1,13 +1,14 @@
 """Hyperparameters of the world model and of its training and evaluation (``world_model:`` in params.yaml).
 
-Imports nothing of the package at load time (``ConfigError`` is imported when a check fails), so
-``vla_rft.config`` can import :class:`WorldModelConfig` without an import cycle.
+Imports only :mod:`vla_rft.errors`, so loading a config never imports torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from vla_rft.errors import ConfigError
 
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
@@ -104,8 +105,6 @@ class WorldModelConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, why: str) -> None:
-            from vla_rft.config import ConfigError
-
             raise ConfigError(f"world_model.{name} {why}, got {getattr(self, name)!r}")
 
         self.channels = tuple(self.channels)
