@@ -173,7 +173,12 @@ def test_safetensors_round_trip_gives_identical_outputs_without_the_encoder(data
     policy.save_pretrained(tmp_path / "p")
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["config.json", "model.safetensors"]
     meta = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert {"image_size", "chunk_len", "action_dim", "state_dim", "instructions", "policy"} <= set(meta)
+    assert {"image_size", "chunk_len", "action_dim", "state_dim", "instructions", "architecture"} <= set(meta)
+    # the architecture only (nanoGPT's split): training settings live in the artifact's manifest
+    from vla_rft.policy.configuration import ARCHITECTURE_FIELDS
+
+    assert set(meta["architecture"]) == set(ARCHITECTURE_FIELDS)
+    assert not {"lr", "steps", "batch_size"} & set(meta["architecture"])
     assert meta["instructions"] == data.instructions
 
     import vla_rft.policy.text as text

@@ -15,7 +15,8 @@ from vla_rft.policy.train import train_policy_bc
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.grpo import CompatibilityError, check_compatible, clipped_policy_loss, train_grpo
 from vla_rft.rft.rewards import group_advantages, verified_reward
-from vla_rft.world_model import WorldModel, WorldModelConfig
+from vla_rft.world_model.configuration import WorldModelConfig
+from vla_rft.world_model.modeling import WorldModel
 from vla_rft.world_model.train import train_world_model
 
 POLICY = dict(cnn_channels=(8, 8, 16, 16), hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2,
@@ -122,25 +123,28 @@ def test_resume_equals_uninterrupted(data, world_model, base_policy_dir, tmp_pat
 
 
 def test_exploration_range_bounds_the_sampling_std_during_rft(data, world_model, base_policy_dir, tmp_path):
+    """RFT samples with std in [0.3, 0.5]; the policy it saves keeps the base's own [std_min, std_max]."""
+    import json
+
     ds = ChunkDataset(data, "train", chunk_len=8)
     batch = ds.batch(np.arange(4))
     policy = VLAPolicy.from_pretrained(base_policy_dir)
     own = policy(batch["image"], batch["state"], batch["task_index"]).std
     assert own.min() >= policy.config.std_min - 1e-6 and own.max() <= 0.2 + 1e-6
+    wide = policy(batch["image"], batch["state"], batch["task_index"], std_range=(0.3, 0.5))
+    assert wide.std.min() >= 0.3 and wide.std.max() <= 0.5
+    # the mean the evaluation acts with is untouched by the exploration range
+    assert torch.equal(wide.mean, policy(batch["image"], batch["state"], batch["task_index"]).mean)
     cfg = RFTConfig(**{**RFT, "steps": 1, "explore_std_min": 0.3, "explore_std_max": 0.5})
     summary = train_grpo(cfg, COMMON, data, world_model, policy, tmp_path / "out", tmp_path / "ckpt", progress=False)
-    wide = policy(batch["image"], batch["state"], batch["task_index"]).std
-    assert wide.min() >= 0.3 and wide.max() <= 0.5
-    row = __import__("json").loads((tmp_path / "out" / "curves.json").read_text())[0]
+    row = json.loads((tmp_path / "out" / "curves.json").read_text())[0]
     assert 0.3 <= row["action_std"] <= 0.5 and summary["steps"] == 1
-    # the mean the evaluation acts with is untouched by the exploration range
-    base = VLAPolicy.from_pretrained(base_policy_dir)
-    fresh = RFTConfig(**{**RFT, "explore_std_min": 0.3, "explore_std_max": 0.5})
-    from vla_rft.rft.grpo import set_exploration
-
-    mean_before = base(batch["image"], batch["state"], batch["task_index"]).mean
-    set_exploration(base, fresh)
-    assert torch.equal(base(batch["image"], batch["state"], batch["task_index"]).mean, mean_before)
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["architecture"]
+    base = json.loads((base_policy_dir / "config.json").read_text())["architecture"]
+    assert (saved["std_min"], saved["std_max"]) == (base["std_min"], base["std_max"]) == (0.08, 0.2)
+    tuned = VLAPolicy.from_pretrained(tmp_path / "out")
+    again = tuned(batch["image"], batch["state"], batch["task_index"]).std
+    assert again.min() >= 0.08 - 1e-6 and again.max() <= 0.2 + 1e-6
     with pytest.raises(ConfigError, match="explore_std_min/max"):
         RFTConfig(explore_std_min=0.5, explore_std_max=0.3)
 
@@ -187,3 +191,16 @@ def test_bad_rft_config_is_named():
         RFTConfig(perceptual="vgg")
     with pytest.raises(ConfigError, match="lpips_weights"):
         RFTConfig(perceptual="lpips")
+
+
+def test_kl_estimators_by_hand():
+    from vla_rft.rft.grpo import kl_estimate
+
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])  # log_r = -0.5, 1.0
+    log_r = np.array([-0.5, 1.0])
+    assert float(kl_estimate(logp, ref, "k1")) == pytest.approx(np.mean(-log_r))
+    assert float(kl_estimate(logp, ref, "k2")) == pytest.approx(np.mean(0.5 * log_r ** 2))
+    assert float(kl_estimate(logp, ref, "k3")) == pytest.approx(np.mean(np.exp(log_r) - log_r - 1))
+    assert float(kl_estimate(logp, logp, "k3")) == 0.0
+    with pytest.raises(ConfigError, match="rft.kl_estimator"):
+        RFTConfig(kl_estimator="k4")

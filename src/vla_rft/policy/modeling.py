@@ -28,7 +28,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -41,13 +40,13 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
-from vla_rft.policy.configuration import PolicyConfig
+from vla_rft.policy.configuration import ARCHITECTURE_FIELDS, PolicyConfig
 from vla_rft.policy.text import EMBEDDING_DIM
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "vla_rft_policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json holds the architecture only
 
 #: what ``instruction`` may be: task indices (B,) int, embeddings (B, 384) float, or B strings
 Instruction = Union[Tensor, Sequence[str]]
@@ -202,11 +201,14 @@ class VLAPolicy(nn.Module):
         return self.instruction_embeddings[[self.instruction_index(t) for t in texts]]
 
     # -- the distribution -----------------------------------------------------------------------
-    def forward(self, images: Tensor, states: Tensor, instruction: Instruction) -> ChunkGaussian:
+    def forward(self, images: Tensor, states: Tensor, instruction: Instruction,
+                std_range: tuple[float, float] | None = None) -> ChunkGaussian:
         """The action-chunk distribution for uint8 ``images`` (B, 3, H, W) and ``states`` (B, S).
 
         ``instruction``: task indices (B,) (into the stored instructions), 384-d embeddings
-        (B, 384), or B instruction strings.
+        (B, 384), or B instruction strings. ``std_range`` maps the sigma net's output into
+        ``[lo, hi]`` instead of the policy's own ``[std_min, std_max]`` (RFT explores wider); the
+        model is not changed by it.
         """
         b = images.shape[0]
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (self.image_size, self.image_size):
@@ -223,8 +225,8 @@ class VLAPolicy(nn.Module):
         ], dim=1)
         hidden = self.trunk(inputs_embeds=tokens).last_hidden_state[:, -self.chunk_len:]  # (B, K, d)
         mean = self.mean_head(hidden)
-        cfg = self.config
-        std = cfg.std_min + (cfg.std_max - cfg.std_min) * torch.sigmoid(self.std_head(hidden.detach()))
+        lo, hi = std_range or (self.config.std_min, self.config.std_max)
+        std = lo + (hi - lo) * torch.sigmoid(self.std_head(hidden.detach()))
         return ChunkGaussian(mean, std)
 
     def sample(self, images: Tensor, states: Tensor, instruction: Instruction,
@@ -283,7 +285,7 @@ class VLAPolicy(nn.Module):
             "image_size": self.image_size, "chunk_len": self.chunk_len,
             "action_dim": self.action_dim, "state_dim": self.state_dim,
             "instructions": list(self.instructions),
-            "policy": dataclasses.asdict(self.config),
+            "architecture": self.config.architecture(),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -315,7 +317,9 @@ class VLAPolicy(nn.Module):
         if meta.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{cfg_path}: model_type {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
         state = load_file(str(weights))
-        model = cls(PolicyConfig(**meta["policy"]), image_size=meta["image_size"], chunk_len=meta["chunk_len"],
+        # "policy" held the whole PolicyConfig (training settings too) before format 2
+        arch = {k: v for k, v in meta.get("architecture", meta.get("policy", {})).items() if k in ARCHITECTURE_FIELDS}
+        model = cls(PolicyConfig(**arch), image_size=meta["image_size"], chunk_len=meta["chunk_len"],
                     action_dim=meta["action_dim"], state_dim=meta["state_dim"], instructions=meta["instructions"],
                     instruction_embeddings=state["instruction_embeddings"])
         model.load_state_dict(state, strict=True)

@@ -12,7 +12,7 @@ One step, top to bottom:
 4. **reward** - ``-(w_l1 * L1 + w_perc * (1 - SSIM))`` between each policy rollout and the
    expert's rollout from the same start, averaged over the K frames;
 5. **advantages** - ``(r - mean_group) / (std_group + eps)`` within each group of G;
-6. **loss** - clipped-ratio policy gradient, minus an entropy bonus, plus optional k3 KL to the
+6. **loss** - clipped-ratio policy gradient, minus an entropy bonus, plus optional KL (k1/k2/k3) to the
    frozen base (no reference model when ``kl_beta == 0``) and a small BC regulariser (MSE of the
    mean to the expert's clean chunk); ``ppo_epochs`` passes, grad-norm clipping, separate
    learning rates for the std head.
@@ -24,7 +24,6 @@ entropy, mean action std, grad norm, seconds per step.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import sys
 import time
@@ -35,12 +34,15 @@ import torch
 from tqdm.auto import tqdm
 
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
-from vla_rft.config import CommonConfig, CompatibilityError
+from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.errors import CompatibilityError
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
+from vla_rft.rft.groups import exploration_range, imagine_groups
 from vla_rft.rft.rewards import group_advantages, verified_reward
+from vla_rft.training import write_curves
 from vla_rft.world_model.modeling import WorldModel
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -73,6 +75,22 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.T
     return loss, clip_frac
 
 
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Mean estimate of KL(pi || ref) from samples of pi (Schulman's k1, k2, k3; TRL uses k3).
+
+    With ``log_r = ref_logp - logp``: k1 = -log_r (unbiased, high variance, can be negative),
+    k2 = log_r^2 / 2 (biased, low variance), k3 = exp(log_r) - log_r - 1 (unbiased, >= 0).
+    """
+    log_r = ref_logp - logp
+    if estimator == "k1":
+        return (-log_r).mean()
+    if estimator == "k2":
+        return (0.5 * log_r.pow(2)).mean()
+    if estimator == "k3":
+        return (torch.exp(log_r) - log_r - 1).mean()
+    raise ValueError(f"unknown KL estimator {estimator!r}; allowed: k1, k2, k3")
+
+
 def _set_trainable(policy: VLAPolicy, which: str) -> list[str]:
     """Freeze what RFT does not train; returns the names of trainable parameters."""
     heads = ("mean_head", "std_head")
@@ -93,27 +111,12 @@ def _set_trainable(policy: VLAPolicy, which: str) -> list[str]:
     return [n for n, p in policy.named_parameters() if p.requires_grad]
 
 
-def set_exploration(policy: VLAPolicy, cfg: RFTConfig) -> None:
-    """Bound the policy's std to RFT's exploration range (a no-op when both bounds are 0)."""
-    if cfg.explore_std_max > 0:
-        policy.config.std_min, policy.config.std_max = cfg.explore_std_min, cfg.explore_std_max
-
-
-def _write_curves(out_dir: Path, rows: list[dict]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "curves.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows([{k: r.get(k, "") for k in CURVE_FIELDS} for r in rows])
-    (out_dir / "curves.json").write_text(json.dumps(rows, indent=1))
-
-
 def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model: WorldModel,
                policy: VLAPolicy, out_dir: Path, checkpoint_dir: Path, resume: bool = False,
                progress: bool = True) -> dict:
     """Fine-tune ``policy`` in place with GRPO in ``world_model``; writes the model and curves to ``out_dir``."""
     check_compatible(policy, world_model, data)
-    set_exploration(policy, cfg)
+    std_range = exploration_range(cfg)  # passed to every forward: the saved policy keeps its own range
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     device = torch.device(common.device)
     torch.set_num_threads(common.num_threads)
@@ -153,32 +156,20 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         # 1. sample starts
         rng = np.random.default_rng((common.seed, _SALT, step))
         batch = ds.batch(rng.integers(0, len(ds), size=b))
-        images = batch["image"].to(device)
-        states = batch["state"].to(device)
-        tasks = batch["task_index"].to(device)
-        rep = lambda x: x.repeat_interleave(g, dim=0)  # noqa: E731 - (B, ...) -> (B*G, ...), groups contiguous
-        images_g, states_g, tasks_g = rep(images), rep(states), rep(tasks)
+        images, states, tasks = (batch[key].to(device) for key in ("image", "state", "task_index"))
 
-        # 2. generate
+        # 2. generate and 3. imagine (the world model sees executed, i.e. clipped, actions)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        with torch.no_grad():
-            dist = policy(images_g, states_g, tasks_g)
-            noise = torch.randn(dist.mean.shape, generator=gen).to(device)
-            chunks = dist.mean + dist.std * noise
-            old_logp = dist.log_prob(chunks)
-
-        # 3. imagine (the world model sees executed, i.e. clipped, actions)
-        with torch.no_grad():
-            actions = torch.cat([chunks.clamp(-1, 1), batch["actions"].to(device)], dim=0)
-            frames = world_model.rollout(torch.cat([images_g, images]), actions, torch.cat([states_g, states]))
-        policy_frames = frames[: b * g].reshape(b, g, k, *frames.shape[2:])
+        groups = imagine_groups(policy, world_model, batch, g, gen, std_range, device)
+        images_g, states_g, tasks_g, chunks, old_logp = (groups.images, groups.states, groups.tasks, groups.chunks,
+                                                         groups.old_logp)
         if cfg.reward_target == "expert_imagined":
-            target = frames[b * g:]
+            target = groups.expert_frames
         else:
             target = batch["future_images"].to(device).float() / 255.0
 
         # 4. reward and 5. advantages
-        rewards = verified_reward(policy_frames, target, cfg)  # (B, G)
+        rewards = verified_reward(groups.policy_frames, target, cfg)  # (B, G)
         adv = group_advantages(rewards, cfg.advantage_eps)
         if cfg.shuffle_advantages:
             perm = torch.argsort(torch.rand(b, g, generator=gen), dim=1).to(device)
@@ -189,7 +180,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         stats = {"clip_frac": 0.0, "approx_kl": 0.0, "pg_loss": 0.0, "bc_loss": 0.0, "kl": 0.0, "loss": 0.0,
                  "entropy": 0.0, "grad_norm": 0.0}
         for _ in range(cfg.ppo_epochs):
-            dist = policy(images_g, states_g, tasks_g)
+            dist = policy(images_g, states_g, tasks_g, std_range=std_range)
             logp = dist.log_prob(chunks)
             pg_loss, clip_frac = clipped_policy_loss(logp, old_logp, adv, cfg.clip_eps_low, cfg.clip_eps_high)
             entropy = dist.entropy().mean()
@@ -197,9 +188,8 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
             kl = torch.zeros((), device=device)
             if reference is not None:
                 with torch.no_grad():
-                    ref_logp = reference(images_g, states_g, tasks_g).log_prob(chunks)
-                log_r = ref_logp - logp  # k3 estimator of KL(pi || ref)
-                kl = (torch.exp(log_r) - log_r - 1).mean()
+                    ref_logp = reference(images_g, states_g, tasks_g, std_range=std_range).log_prob(chunks)
+                kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
                 loss = loss + cfg.kl_beta * kl
             bc = torch.zeros((), device=device)
             if cfg.bc_coef > 0:
@@ -236,7 +226,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
     for name, p in policy.named_parameters():  # hand the policy back as it came: all trainable
         p.requires_grad_(name not in policy._frozen_by_design)
     policy.save_pretrained(out_dir)
-    _write_curves(out_dir, rows)
+    write_curves(out_dir, rows, CURVE_FIELDS)
     first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
     summary = {
         "steps": cfg.steps, "seconds": elapsed, "seconds_per_step": elapsed / max(1, len(rows)),

@@ -17,6 +17,7 @@ from scipy.stats import spearmanr
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
 from vla_rft.rft.configuration import RFTConfig
+from vla_rft.rft.groups import exploration_range, imagine_groups
 from vla_rft.rft.rewards import frame_distance, verified_reward
 from vla_rft.sim.env import get_env
 from vla_rft.sim.perturbations import EpisodeSpec
@@ -61,9 +62,6 @@ def real_chunk_frames(data: LoadedDataset, row: int, chunks: np.ndarray, sim_inf
 def reward_fidelity(policy, world_model, data: LoadedDataset, cfg: RFTConfig, *, n_states: int, seed: int,
                     split: str = "val") -> dict:
     """Mean within-group Spearman correlation of world-model vs real-simulator rewards."""
-    from vla_rft.rft.grpo import set_exploration
-
-    set_exploration(policy, cfg)  # rank the chunks RFT will sample
     k, g = policy.chunk_len, cfg.group_size
     ds = ChunkDataset(data, split, chunk_len=k)
     rng = np.random.default_rng((seed, _SALT))
@@ -72,15 +70,10 @@ def reward_fidelity(policy, world_model, data: LoadedDataset, cfg: RFTConfig, *,
     n = len(idx)
     device = next(policy.parameters()).device
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    rep = lambda x: x.repeat_interleave(g, dim=0)  # noqa: E731
-    with torch.no_grad():
-        dist = policy(rep(batch["image"]).to(device), rep(batch["state"]).to(device), rep(batch["task_index"]).to(device))
-        chunks = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device)).clamp(-1, 1)
-        frames = world_model.rollout(torch.cat([rep(batch["image"]), batch["image"]]).to(device),
-                                     torch.cat([chunks, batch["actions"].to(device)]),
-                                     torch.cat([rep(batch["state"]), batch["state"]]).to(device))
-    policy_frames = frames[: n * g].reshape(n, g, k, *frames.shape[2:]).cpu()
-    wm_expert = frames[n * g:].cpu()
+    # the chunks RFT will sample (its exploration range), executed clipped as the world model saw them
+    groups = imagine_groups(policy, world_model, batch, g, gen, exploration_range(cfg), device)
+    chunks = groups.chunks.clamp(-1, 1)
+    policy_frames, wm_expert = groups.policy_frames.cpu(), groups.expert_frames.cpu()
     recorded = batch["future_images"].float() / 255.0
     r_wm = verified_reward(policy_frames, wm_expert, cfg)  # what RFT optimises (expert imagined)
     r_wm_real_target = verified_reward(policy_frames, recorded, cfg)  # the "real_frames" variant
