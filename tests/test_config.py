@@ -70,3 +70,14 @@ def test_params_yaml_sections_match_the_dataclass_defaults():
             if raw[section][field.name] != default:
                 differ.append(f"{section}.{field.name}: params.yaml {raw[section][field.name]!r}, code {default!r}")
     assert not differ, differ
+
+
+def test_every_profile_names_every_section():
+    """dvc.yaml tracks `profiles.${profile}.<section>`; dvc refuses to run when such a key is missing."""
+    import yaml
+
+    from vla_rft.config import SECTIONS
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, profile in raw["profiles"].items():
+        assert sorted(profile) == sorted(SECTIONS), f"profile {name!r} names {sorted(profile)}"

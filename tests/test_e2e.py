@@ -109,3 +109,28 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "Running stage" not in second.stdout and "up to date" in second.stdout
     assert seconds <= 10, f"a no-op dvc repro took {seconds:.1f} s"
+
+    # a profile value, a shared module and a stage's own module each invalidate exactly their stages
+    def changed_by(rel: str, edit) -> set[str]:
+        path = repo / rel
+        original = path.read_text()
+        path.write_text(edit(original))
+        try:
+            status = subprocess.run([dvc, "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+            assert status.returncode == 0, status.stderr
+            return set(json.loads(status.stdout or "{}"))
+        finally:
+            path.write_text(original)
+
+    def group_size(text: str) -> str:
+        raw = yaml.safe_load(text)
+        raw["profiles"]["quick"]["rft"]["group_size"] = 3
+        return yaml.safe_dump(raw, sort_keys=False)
+
+    everything = {"prepare_data", "train_world_model", "pretrain_policy", "rft", "evaluate", "promote"}
+    assert changed_by("params.yaml", group_size) == {"rft"}
+    assert changed_by("src/vla_rft/storage.py", lambda t: t + "\n# edited\n") == everything
+    assert changed_by("src/vla_rft/world_model/modeling.py", lambda t: t + "\n# edited\n") == {
+        "train_world_model", "rft", "evaluate"}
+    assert changed_by("src/vla_rft/training.py", lambda t: t + "\n# edited\n") == {
+        "train_world_model", "pretrain_policy", "rft"}

@@ -4,6 +4,9 @@ Tensors (model weights, optimizer state, torch/CUDA/numpy RNG states) go into th
 body, everything JSON-able (step, curves, optimizer hyperparameters) into its metadata. Never
 pickle: a checkpoint is data, not code. The file is written under a temporary name and renamed,
 so a process killed mid-write leaves the previous checkpoint intact.
+
+Also the checkpoint-directory policy the training stages share: where checkpoints live for an
+output URI, and whether a re-run resumes (same settings fingerprint) or starts fresh.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,3 +79,42 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if scheduler is not None and sched is not None:
         scheduler.load_state_dict(sched)
     return meta
+
+
+# -- where a training stage keeps its checkpoints, and whether it resumes --------------------------
+def settings_fingerprint(obj: Any) -> str:
+    """A short stable hash of JSON-able settings (config sections, input manifests)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir_for(out_uri: str, stage: str, explicit: str | Path | None = None) -> Path:
+    """Where a training stage keeps its checkpoints: persistent, so re-running the command resumes.
+
+    Local outputs keep them next to the output (``<out>.ckpt/``); S3 outputs under
+    ``$VLA_RFT_CACHE`` (default ``~/.cache/vla-rft``), keyed by the output URI.
+    """
+    if explicit:
+        return Path(explicit)
+    if out_uri.startswith("s3://"):
+        root = Path(os.environ.get("VLA_RFT_CACHE", Path.home() / ".cache" / "vla-rft"))
+        return root / "checkpoints" / stage / settings_fingerprint(out_uri)
+    out = Path(out_uri)
+    return out.with_name(out.name + ".ckpt")
+
+
+def prepare_checkpoint_dir(out_uri: str, stage: str, settings: dict, explicit: str | Path | None,
+                           restart: bool) -> tuple[Path, bool]:
+    """The stage's checkpoint directory and whether to resume from it (a checkpoint of the same settings)."""
+    ckpt_dir = checkpoint_dir_for(out_uri, stage, explicit)
+    fingerprint = settings_fingerprint(settings)
+    marker = ckpt_dir / "config.fingerprint"
+    if restart and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    if ckpt_dir.exists() and marker.exists() and marker.read_text().strip() != fingerprint:
+        shutil.rmtree(ckpt_dir)  # checkpoints of another configuration are not ours to resume
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    resumable = marker.exists() and any(p.name != marker.name for p in ckpt_dir.iterdir())
+    marker.write_text(fingerprint)
+    return ckpt_dir, resumable

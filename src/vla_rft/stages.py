@@ -7,19 +7,18 @@ built in a private temporary directory and published atomically with its manifes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vla_rft import registry as registry_mod
 from vla_rft import storage
+from vla_rft.checkpointing import prepare_checkpoint_dir
 from vla_rft.config import Config
 from vla_rft.tasks import ACTION_NAMES, FPS, STATE_NAMES, TASKS
 
@@ -29,8 +28,9 @@ def _dir_size(path: Path) -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
     import sys
+
+    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="ep", disable=not enabled or not sys.stderr.isatty(), leave=False)
 
@@ -43,6 +43,7 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
     ``keep_failed``; the expert success rate is reported either way.
     """
     from vla_rft.data.parquet import EpisodeData, write_dataset
+    from vla_rft.data.splits import split_by_episode
     from vla_rft.sim.perturbations import EpisodeSpec
     from vla_rft.sim.vector import BatchedSimulator
 
@@ -75,17 +76,7 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
     if not kept:
         raise RuntimeError("the expert succeeded in no episode: nothing to write (check the task suite)")
 
-    # split by episode, per task, so every task appears in both splits
-    splits: list[str] = []
-    split_rng = np.random.default_rng([cfg.common.seed, 2])
-    by_task: dict[int, list[int]] = {}
-    for j, (t, _) in enumerate(kept):
-        by_task.setdefault(t, []).append(j)
-    val = set()
-    for idx in by_task.values():
-        n_val = math.ceil(pcfg.val_fraction * len(idx)) if len(idx) > 1 else 0
-        val.update(split_rng.permutation(idx)[:n_val].tolist())
-    splits = ["val" if j in val else "train" for j in range(len(kept))]
+    splits = split_by_episode([t for t, _ in kept], pcfg.val_fraction, np.random.default_rng([cfg.common.seed, 2]))
 
     episodes = [
         EpisodeData(t, r.spec.seed, r.spec.perturbation.name, r.frames, r.states, r.actions, r.expert_actions,
@@ -133,156 +124,23 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
     }
 
 
-def _evaluation_fingerprint(metrics: dict[str, Any], policy: str) -> dict[str, Any]:
-    """What must match for two evaluations to be comparable: the same tasks, suites and episodes."""
-    entry = metrics["policies"][policy]
-    return {
-        "tasks": list(metrics["tasks"]),
-        "suites": [s["name"] for s in metrics["suites"]],
-        "episodes_per_task": entry.get("episodes_per_task"),
-        "max_episode_steps": entry.get("max_episode_steps"),
-        "seed_base": entry.get("seed_base"),
-    }
-
-
-def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: str | None = None,
-            force: bool = False) -> dict[str, Any]:
-    """Champion/challenger: make the candidate policy the registry's champion only if it beats it.
-
-    The candidate is copied, verified, to ``<registry>/versions/<id>/`` first; only then does
-    one atomic write of ``<registry>/champion.json`` switch the champion. A partial or failed copy
-    never becomes the champion, and a worse model never replaces a better one. Every decision is
-    recorded under ``<registry>/decisions/``.
-    """
-    pcfg = cfg.promote
-    registry = registry or pcfg.registry
-    eval_dir, _ = storage.read_artifact(evaluation_uri, expected_kind="evaluation")
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
-    if pcfg.policy not in metrics.get("policies", {}):
-        raise ValueError(f"the evaluation has no policy {pcfg.policy!r}; it has {sorted(metrics.get('policies', {}))}")
-    score = metrics["policies"][pcfg.policy]["overall"][pcfg.metric]
-    if score is None:
-        raise ValueError(f"the evaluation has no '{pcfg.metric}' success rate for {pcfg.policy!r}")
-    fingerprint = _evaluation_fingerprint(metrics, pcfg.policy)
-    with _registry_lock(registry):  # read, decide and switch as one step when runs promote concurrently
-        return _decide_and_promote(pcfg, registry, candidate_uri, metrics, score, fingerprint, force)
-
-
-@contextlib.contextmanager
-def _registry_lock(registry: str):
-    """An exclusive lock on a local registry (``flock`` on ``<registry>/.promote.lock``).
-
-    S3 has no lock primitive that MinIO and every S3 server share; concurrent runs promoting into one
-    S3 registry are serialised by the scheduler instead (``pipeline schedule --max-concurrency 1``).
-    """
-    if storage.is_s3_uri(registry):
-        yield
-        return
-    import fcntl
-
-    Path(registry).mkdir(parents=True, exist_ok=True)
-    with open(Path(registry) / ".promote.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _decide_and_promote(pcfg, registry: str, candidate_uri: str, metrics: dict, score: float, fingerprint: str,
-                        force: bool) -> dict[str, Any]:
-    champion = storage.read_json(storage.join_uri(registry, "champion.json"))
-    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    decision: dict[str, Any] = {"time": now, "candidate": candidate_uri, "metric": pcfg.metric,
-                                "candidate_score": score, "champion": champion, "promoted": False}
-    promote_it = True
-    if force:
-        decision["reason"] = "forced"
-    elif champion is None:
-        decision["reason"] = "no champion yet"
-    elif champion.get("fingerprint") != fingerprint:
-        promote_it = False
-        decision["reason"] = ("the champion was evaluated on other tasks/suites/episodes; not comparable "
-                              "(re-evaluate it, or promote with force)")
-    elif score <= champion["score"] + pcfg.min_improvement:
-        promote_it = False
-        decision["reason"] = (f"candidate {pcfg.metric} success {score:.3f} does not beat the champion's "
-                              f"{champion['score']:.3f} by more than {pcfg.min_improvement:.3f}")
-    else:
-        decision["reason"] = f"beats the champion ({score:.3f} > {champion['score']:.3f})"
-
-    if promote_it:
-        with tempfile.TemporaryDirectory(prefix="vla-rft-promote-") as tmp:
-            model_dir, manifest = storage.read_artifact(candidate_uri, expected_kind="policy",
-                                                        cache_dir=Path(tmp) / "cache")
-            staged = Path(tmp) / "staged"
-            shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(storage.MANIFEST_NAME))
-            (staged / "evaluation.json").write_text(json.dumps(metrics["policies"][pcfg.policy], indent=2))
-            digest = manifest["files"][sorted(manifest["files"])[0]]["sha256"][:8]
-            version = f"{now}-{digest}"
-            version_uri = storage.join_uri(registry, "versions", version)
-            storage.write_artifact(staged, version_uri, kind="policy", config=manifest.get("config", {}))
-        storage.write_json(storage.join_uri(registry, "champion.json"), {
-            "version": version, "uri": version_uri, "score": score, "metric": pcfg.metric,
-            "fingerprint": fingerprint, "promoted_at": now, "source": candidate_uri,
-            "previous": champion and champion.get("version"),
-        })
-        decision.update(promoted=True, version=version, uri=version_uri)
-    outcome = "promoted" if decision["promoted"] else "kept"
-    storage.write_json(storage.join_uri(registry, "decisions", f"{now}-{outcome}-{uuid.uuid4().hex[:8]}.json"), decision)
-    return decision
-
-
-# -- shared plumbing for the training stages --------------------------------------------------------
-def _fingerprint(obj: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def checkpoint_dir_for(out_uri: str, stage: str, explicit: str | Path | None = None) -> Path:
-    """Where a training stage keeps its checkpoints: persistent, so re-running the command resumes.
-
-    Local outputs keep them next to the output (``<out>.ckpt/``); S3 outputs under
-    ``$VLA_RFT_CACHE`` (default ``~/.cache/vla-rft``), keyed by the output URI.
-    """
-    if explicit:
-        return Path(explicit)
-    if storage.is_s3_uri(out_uri):
-        import os
-
-        root = Path(os.environ.get("VLA_RFT_CACHE", Path.home() / ".cache" / "vla-rft"))
-        return root / "checkpoints" / stage / _fingerprint(out_uri)
-    out = Path(out_uri)
-    return out.with_name(out.name + ".ckpt")
-
-
-def _checkpoints(out_uri: str, stage: str, settings: dict, explicit: str | Path | None,
-                 restart: bool) -> tuple[Path, bool]:
-    """The stage's checkpoint directory and whether to resume from it (same settings fingerprint)."""
-    ckpt = checkpoint_dir_for(out_uri, stage, explicit)
-    return ckpt, _prepare_checkpoints(ckpt, _fingerprint(settings), restart)
-
-
-def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str, restart: bool) -> bool:
-    """True if a checkpoint of the same configuration exists and should be resumed."""
-    marker = ckpt_dir / "config.fingerprint"
-    if restart and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    if ckpt_dir.exists() and marker.exists() and marker.read_text().strip() != fingerprint:
-        shutil.rmtree(ckpt_dir)  # checkpoints of another configuration are not ours to resume
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resumable = marker.exists() and any(p.name != marker.name for p in ckpt_dir.iterdir())
-    marker.write_text(fingerprint)
-    return resumable
-
-
 def _load_dataset_artifact(cfg: Config, dataset_uri: str, cache: Path):
     from vla_rft.data import load_dataset
     from vla_rft.tasks import ACTION_DIM
 
     data_dir, _ = storage.read_artifact(dataset_uri, expected_kind="dataset", cache_dir=cache)
     return load_dataset(data_dir, expected_action_dim=ACTION_DIM, expected_image_size=cfg.sim.image_size)
+
+
+def _dataset_and_checkpoints(cfg: Config, section: str, dataset_uri: str, out_uri: str, cache: Path,
+                             checkpoint_dir: str | Path | None, restart: bool):
+    """What a training stage starts from: the dataset, its settings (the ``common`` and ``section``
+    config sections + the dataset's content hashes), the checkpoint directory and whether to resume."""
+    data = _load_dataset_artifact(cfg, dataset_uri, cache)
+    settings = {"common": cfg.section("common"), section: cfg.section(section),
+                "dataset": storage.read_manifest(dataset_uri)["files"]}
+    ckpt, resume = prepare_checkpoint_dir(out_uri, section, settings, checkpoint_dir, restart)
+    return data, settings, ckpt, resume
 
 
 def _refuse_existing(out_uri: str, what: str, overwrite: bool) -> None:
@@ -301,10 +159,8 @@ def train_world_model(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite:
     _refuse_existing(out_uri, "world model", overwrite)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-wm-") as tmp:
-        data = _load_dataset_artifact(cfg, dataset_uri, Path(tmp) / "cache")
-        settings = {"common": cfg.section("common"), "world_model": cfg.section("world_model"),
-                    "dataset": storage.read_manifest(dataset_uri)["files"]}
-        ckpt, resume = _checkpoints(out_uri, "world_model", settings, checkpoint_dir, restart)
+        data, settings, ckpt, resume = _dataset_and_checkpoints(cfg, "world_model", dataset_uri, out_uri,
+                                                                Path(tmp) / "cache", checkpoint_dir, restart)
         out = Path(tmp) / "out"
         summary = train(cfg.world_model, cfg.common, data, out, ckpt, resume=resume, progress=progress)
         model = WorldModel.from_pretrained(out, device=cfg.common.device)
@@ -325,10 +181,8 @@ def pretrain_policy(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: b
     _refuse_existing(out_uri, "policy", overwrite)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-bc-") as tmp:
-        data = _load_dataset_artifact(cfg, dataset_uri, Path(tmp) / "cache")
-        settings = {"common": cfg.section("common"), "policy": cfg.section("policy"),
-                    "dataset": storage.read_manifest(dataset_uri)["files"]}
-        ckpt, resume = _checkpoints(out_uri, "policy", settings, checkpoint_dir, restart)
+        data, settings, ckpt, resume = _dataset_and_checkpoints(cfg, "policy", dataset_uri, out_uri,
+                                                                Path(tmp) / "cache", checkpoint_dir, restart)
         out = Path(tmp) / "out"
         summary = train_policy_bc(cfg.policy, cfg.common, data, out, ckpt, resume=resume, progress=progress)
         storage.write_artifact(out, out_uri, kind="policy",
@@ -358,7 +212,7 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
                     "inputs": [storage.read_manifest(u)["files"] for u in (dataset_uri, world_model_uri, policy_uri)]}
-        ckpt, resume = _checkpoints(out_uri, "rft", settings, checkpoint_dir, restart)
+        ckpt, resume = prepare_checkpoint_dir(out_uri, "rft", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
         fidelity = None
         if verify and cfg.rft.verify_states:
@@ -384,6 +238,7 @@ def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model
     from vla_rft.evaluation.report import ReportSection, write_report
     from vla_rft.evaluation.runner import run_evaluation
     from vla_rft.policy.modeling import VLAPolicy
+    from vla_rft.world_model.evaluate import fidelity_report_fragment
 
     _refuse_existing(out_uri, "evaluation", overwrite)
     if not policies:
@@ -411,28 +266,39 @@ def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model
                                  chunk_len=cfg.common.chunk_len, progress=progress)
         names = list(policies)
         comparisons = [(n, names[0]) for n in names[1:]]
-        metrics = compute_metrics(results, comparisons=comparisons)
+        metrics = compute_metrics(results, comparisons=comparisons, confidence=cfg.evaluate.confidence)
         out = Path(tmp) / "out"
         sections = []
         if world_model_uri:
             wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
-            import html
-
-            fid_path = wm_dir / "eval" / "metrics.json"
-            gifs = sorted((wm_dir / "eval" / "gifs").glob("*.gif"))
-            if fid_path.exists():
-                fragment = "".join(f"<figure><img src='wm/{g.name}'><figcaption>{html.escape(g.stem)}: ground truth "
-                                   "(top) vs imagined</figcaption></figure>" for g in gifs)
-                fragment += "<pre>" + html.escape(fid_path.read_text()[:20000]) + "</pre>"
-                sections.append(ReportSection("World-model fidelity (val episodes)", fragment,
-                                              {f"wm/{g.name}": g for g in gifs}))
-        write_report(out, metrics, results, sections=sections)
+            fragment = fidelity_report_fragment(wm_dir, "wm")
+            if fragment is not None:
+                sections.append(ReportSection("World-model fidelity (val episodes)", *fragment))
+        write_report(out, metrics, results, sections=sections, plots=cfg.evaluate.plots)
         (out / "kfp_metrics.json").write_text(json.dumps({n: kfp_metrics(metrics, n) for n in metrics["policies"]},
                                                          indent=2))
         storage.write_artifact(out, out_uri, kind="evaluation",
                                config={"profile": cfg.profile, "evaluate": cfg.section("evaluate"),
                                        "policies": policies}, overwrite=overwrite)
     return {"uri": out_uri, "metrics": metrics, "seconds": time.time() - start}
+
+
+def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: str | None = None,
+            force: bool = False) -> dict[str, Any]:
+    """Champion/challenger: make the candidate policy the registry's champion only if it beats it
+    on the same evaluation (:mod:`vla_rft.registry`); every decision is recorded there."""
+    pcfg = cfg.promote
+    registry = registry or pcfg.registry
+    eval_dir, _ = storage.read_artifact(evaluation_uri, expected_kind="evaluation")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    if pcfg.policy not in metrics.get("policies", {}):
+        raise ValueError(f"the evaluation has no policy {pcfg.policy!r}; it has {sorted(metrics.get('policies', {}))}")
+    score = metrics["policies"][pcfg.policy]["overall"][pcfg.metric]
+    if score is None:
+        raise ValueError(f"the evaluation has no '{pcfg.metric}' success rate for {pcfg.policy!r}")
+    fingerprint = registry_mod.evaluation_fingerprint(metrics, pcfg.policy)
+    with registry_mod.registry_lock(registry):  # read, decide and switch as one step when runs promote concurrently
+        return registry_mod.decide_and_promote(pcfg, registry, candidate_uri, metrics, score, fingerprint, force)
 
 
 def flat_metrics(tree: Any, prefix: str = "") -> dict[str, float]:

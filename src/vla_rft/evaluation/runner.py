@@ -185,6 +185,14 @@ def _check_actions(actions: Any, batch: int) -> np.ndarray:
     return actions
 
 
+def _plan(tasks: Sequence[str], suites: Sequence[Suite] | None, cfg: EvaluateConfig):
+    """The episodes to run (``suites=None``: ``cfg.suite_list()``), those skipped, and the GIF keeper."""
+    tasks = list(tasks)
+    suites = cfg.suite_list() if suites is None else list(suites)
+    plan, skipped = plan_episodes(tasks, suites, cfg)
+    return tasks, suites, plan, skipped, _VideoKeeper(cfg.gifs_per_task, cfg.gif_suite_names())
+
+
 def evaluate_policy(act: PolicyFn, tasks: Sequence[str], suites: Sequence[Suite] | None, cfg: EvaluateConfig,
                     sim, *, name: str = "policy", progress: bool = True) -> EvalResults:
     """Run ``act`` in the real simulator on every applicable (suite, task, episode).
@@ -193,10 +201,7 @@ def evaluate_policy(act: PolicyFn, tasks: Sequence[str], suites: Sequence[Suite]
     define what the policy sees); ``suites=None`` takes ``cfg.suite_list()``.
     """
     start = time.time()
-    tasks = list(tasks)
-    suites = cfg.suite_list() if suites is None else list(suites)
-    plan, skipped = plan_episodes(tasks, suites, cfg)
-    keeper = _VideoKeeper(cfg.gifs_per_task, cfg.gif_suite_names())
+    tasks, suites, plan, skipped, keeper = _plan(tasks, suites, cfg)
     results: list[EpisodeResult] = []
     chunk_len: int | None = None
     with _episode_limit(sim, cfg.max_episode_steps), _progress(len(plan), f"evaluate {name}", progress) as bar:
@@ -248,10 +253,7 @@ def evaluate_expert(tasks: Sequence[str], suites: Sequence[Suite] | None, cfg: E
     steps, like the policies: rendering is most of a step's cost.
     """
     start = time.time()
-    tasks = list(tasks)
-    suites = cfg.suite_list() if suites is None else list(suites)
-    plan, skipped = plan_episodes(tasks, suites, cfg)
-    keeper = _VideoKeeper(cfg.gifs_per_task, cfg.gif_suite_names())
+    tasks, suites, plan, skipped, keeper = _plan(tasks, suites, cfg)
     results: list[EpisodeResult] = []
     with _episode_limit(sim, cfg.max_episode_steps), _progress(len(plan), "evaluate expert", progress) as bar:
         # in batches, so only a batch of full-rate frame stacks (<= 1.8 MiB an episode) is held at a

@@ -25,7 +25,6 @@ so a run resumed from a checkpoint sees exactly the batches of an uninterrupted 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -44,6 +43,7 @@ from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
 from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
+from vla_rft.training import decay_param_groups, scheduled_lr, write_curves
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 _SALT_BATCH = 7_100  # separates the BC batch stream from other stages' streams of the same seed
@@ -89,29 +89,15 @@ def random_shift(images: Tensor, pad: int, rng: np.random.Generator) -> Tensor:
 
 def learning_rate(cfg: PolicyConfig, step: int) -> float:
     """Linear warmup, then cosine decay to ``lr * min_lr_ratio`` (or constant)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return scheduled_lr(cfg.lr, step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
+                        schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio)
 
 
 def build_optimizer(model: VLAPolicy, cfg: PolicyConfig) -> torch.optim.AdamW:
-    """AdamW over the policy's trainable parameters (never the frozen text encoder, which is not a submodule).
-
-    Weight decay applies to matrices and conv kernels only; biases, norms, embeddings and the
-    action queries are not decayed.
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and "embeddings" not in name and name != "action_queries" else no_decay).append(p)
-    return torch.optim.AdamW([
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ], lr=cfg.lr, betas=(0.9, 0.999))
+    """AdamW over the policy's trainable parameters (never the frozen text encoder, which is not a submodule);
+    the action queries are not decayed."""
+    return torch.optim.AdamW(decay_param_groups(model, cfg.weight_decay, no_decay_names=("action_queries",)),
+                             lr=cfg.lr, betas=(0.9, 0.999))
 
 
 @torch.no_grad()
@@ -133,15 +119,6 @@ def _evaluate(model: VLAPolicy, ds: ChunkDataset, indices: np.ndarray, cfg: Poli
 
 
 CURVE_FIELDS = ("step", "loss", "mse", "nll", "val_loss", "val_mse", "val_nll", "lr", "std_mean", "seconds")
-
-
-def _write_curves(out_dir: Path, rows: list[dict]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "curves.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)
-        writer.writeheader()
-        writer.writerows([{k: ("" if r.get(k) is None else r[k]) for k in CURVE_FIELDS} for r in rows])
-    (out_dir / "curves.json").write_text(json.dumps(rows, indent=1))
 
 
 def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset, out_dir: Path,
@@ -225,7 +202,7 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
             acc = {"loss": 0.0, "mse": 0.0, "nll": 0.0, "std": 0.0, "n": 0}
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", **({"val_mse": f"{val['mse']:.4f}"} if val else {}))
         if cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0 and not is_last:
-            _write_curves(out_dir, rows)  # curves so far, to watch a long run
+            write_curves(out_dir, rows, CURVE_FIELDS)  # curves so far, to watch a long run
             save_checkpoint(ckpt_path, model, optimizer, {
                 "step": done, "seconds": elapsed_before + time.perf_counter() - t0, "rows": rows, "acc": acc,
                 "last_loss": last_loss})
@@ -235,7 +212,7 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
     seconds = elapsed_before + time.perf_counter() - t0
     model.eval()
     model.save_pretrained(out_dir)
-    _write_curves(out_dir, rows)
+    write_curves(out_dir, rows, CURVE_FIELDS)
     last_val = next((r for r in reversed(rows) if r["val_loss"] is not None), None)
     summary = {
         "steps": cfg.steps,

@@ -234,3 +234,21 @@ def evaluate_world_model(model: WorldModel, data: LoadedDataset, out_dir: Path, 
     metrics["gifs"] = _save_gifs(model, ds, data, cfg, seed, out_dir / "gifs")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def fidelity_report_fragment(model_dir: Path, prefix: str) -> tuple[str, dict[str, Path]] | None:
+    """HTML for a report section on a saved world model's fidelity, and the files it links to.
+
+    The GIFs written by :func:`evaluate_world_model` (ground truth above, imagined below) are linked
+    as ``<prefix>/<name>.gif``; None when the model directory holds no fidelity evaluation.
+    """
+    import html
+
+    fid_path = Path(model_dir) / "eval" / "metrics.json"
+    if not fid_path.exists():
+        return None
+    gifs = sorted((Path(model_dir) / "eval" / "gifs").glob("*.gif"))
+    fragment = "".join(f"<figure><img src='{prefix}/{g.name}'><figcaption>{html.escape(g.stem)}: ground truth "
+                       "(top) vs imagined</figcaption></figure>" for g in gifs)
+    fragment += "<pre>" + html.escape(fid_path.read_text()[:20000]) + "</pre>"
+    return fragment, {f"{prefix}/{g.name}": g for g in gifs}

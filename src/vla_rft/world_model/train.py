@@ -10,8 +10,6 @@ run resumed from a checkpoint ends with the same weights as an uninterrupted one
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 import sys
@@ -26,6 +24,7 @@ from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.training import decay_param_groups, scheduled_lr, write_curves
 from vla_rft.world_model.configuration import WorldModelConfig
 from vla_rft.world_model.modeling import WorldModel, WorldModelOutput
 
@@ -90,31 +89,7 @@ def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg:
     return loss, {"pixel": float(pixel.detach()), "state": float(state.detach())}
 
 
-def _lr_lambda(cfg: WorldModelConfig):
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embeddings" in name or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _write_curves(out_dir: Path, rows: list[dict[str, float]]) -> None:
-    fields = ["step", "loss", "pixel_loss", "state_loss", "lr", "seconds"]
-    with open(out_dir / "curves.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out_dir / "curves.json").write_text(json.dumps(rows, indent=1))
+CURVE_FIELDS = ("step", "loss", "pixel_loss", "state_loss", "lr", "seconds")
 
 
 def build_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedDataset) -> WorldModel:
@@ -144,8 +119,10 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
 
     ds = ChunkDataset(data, "train", common.chunk_len)
     model = build_model(cfg, common, data).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: scheduled_lr(
+        1.0, step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, schedule=cfg.lr_schedule,
+        min_lr_ratio=cfg.min_lr_ratio))
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME
     step, rows, elapsed, last_loss = 0, [], 0.0, float("nan")
     acc = {"loss": 0.0, "pixel": 0.0, "state": 0.0, "n": 0}
@@ -199,7 +176,7 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     seconds = elapsed + time.time() - t0
     model.eval()
     model.save_pretrained(out_dir)
-    _write_curves(out_dir, rows)
+    write_curves(out_dir, rows, CURVE_FIELDS)
     return {
         "steps": cfg.steps, "resumed_from_step": start_step if resume else None, "final_loss": last_loss,
         "final_logged_loss": rows[-1]["loss"] if rows else None, "train_seconds": round(seconds, 2),
