@@ -498,3 +498,42 @@ def read_lerobot(root: str | Path, *, image_size: int, state_dim: int, action_di
     if EXTRA_INFO_KEY not in info:
         extra["source"] = {"format": f"lerobot/{LEROBOT_VERSION}", **{k: v for k, v in notes.items() if v}}
     return ImportedDataset(out, splits, tasks, extra, notes)
+
+
+def prepare_lerobot_import() -> None:
+    """Make ``lerobot`` 0.4.4 importable beside our torch 2.13 (CPU) and transformers 5; call before importing it.
+
+    torchvision from PyPI is a CUDA build: its C extension cannot load beside the CPU torch, and its
+    ``__init__`` then fails on registering fake kernels for ``torchvision::nms``/``qnms``, ops that only the
+    extension declares; installed in site-packages it would break transformers' own imports, so it lives
+    in ``.venv/lerobot-site`` and only this function puts it on ``sys.path``. Declaring the two schemas here lets torchvision's pure-Python parts (transforms,
+    models, ``FrozenBatchNorm2d``) import; calling nms would still fail, and nothing LeRobot's dataset or
+    ACT code runs needs it. ``lerobot.policies`` imports every policy's package, and GR00T's subclasses
+    transformers' config in a way transformers 5 rejects, so lerobot is told transformers is absent (GR00T
+    then takes its no-transformers path; ACT does not use transformers).
+    """
+    import importlib.util
+    import os
+    import sys
+
+    import torch
+
+    if importlib.util.find_spec("lerobot") is None:
+        raise ModuleNotFoundError("lerobot is not installed: scripts/setup.sh installs lerobot==0.4.4 (--no-deps) "
+                                  "with the project's `lerobot` extra")
+    # torchvision lives outside site-packages (scripts/setup.sh: pip --target .venv/lerobot-site): where
+    # transformers finds it installed it imports it, and without the schemas below that import fails
+    site = Path(os.environ.get("VLA_RFT_LEROBOT_SITE", Path(sys.prefix) / "lerobot-site"))
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+    if importlib.util.find_spec("torchvision") is None:
+        raise ModuleNotFoundError(f"torchvision is not importable (looked in {site} too): scripts/setup.sh installs "
+                                  "torchvision==0.28.0 there")
+    if not hasattr(torch.ops.torchvision, "nms"):
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        prepare_lerobot_import._library = lib  # a Library unregisters its definitions when collected
+    import lerobot.utils.import_utils as import_utils
+
+    import_utils._transformers_available = False
