@@ -333,6 +333,8 @@ def export_lerobot(cfg: Config, dataset_uri: str, out_dir: str, *, overwrite: bo
     Built in a temporary sibling directory and renamed into place, so a killed export never leaves a
     directory that looks like a complete dataset.
     """
+    import shutil
+
     from vla_rft.data import load_dataset
     from vla_rft.data.lerobot import export_lerobot as export
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from vla_rft.data.schema import (
     ACTION, CODEBASE_VERSION, DONE, EPISODE_INDEX, EXPERT_ACTION, FRAME_INDEX, INDEX, OBS_STATE, REWARD,
     SPLITS, SUCCESS, TASK_INDEX, DatasetValidationError,
 )
+from vla_rft.data.splits import split_by_episode
 from vla_rft.tasks import TASKS
 
 LEROBOT_VERSION = "v3.0"
@@ -326,19 +326,6 @@ def _decode_images(column: pa.Array, root: Path, key: str, size: int, notes: dic
     return out
 
 
-def split_by_episode(task_of_episode: list[int], val_fraction: float, seed: int) -> list[str]:
-    """prepare-data's split: per task, ceil(val_fraction * n) episodes to val (none if a task has one)."""
-    rng = np.random.default_rng([seed, 2])
-    by_task: dict[int, list[int]] = {}
-    for j, t in enumerate(task_of_episode):
-        by_task.setdefault(t, []).append(j)
-    val: set[int] = set()
-    for idx in by_task.values():
-        n_val = math.ceil(val_fraction * len(idx)) if len(idx) > 1 else 0
-        val.update(rng.permutation(idx)[:n_val].tolist())
-    return ["val" if j in val else "train" for j in range(len(task_of_episode))]
-
-
 def _vector(table: pa.Table, key: str, dim: int) -> np.ndarray:
     col = table.column(key).combine_chunks()
     if not (pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type)):
@@ -485,7 +472,8 @@ def read_lerobot(root: str | Path, *, image_size: int, state_dim: int, action_di
         splits = [e["split"] for e in episodes]
         notes["split"] = "from the episodes' split column"
     else:
-        splits = split_by_episode([ep.task_index for ep in out], val_fraction, seed)
+        # prepare-data's rule and random stream (stages.prepare_data)
+        splits = split_by_episode([ep.task_index for ep in out], val_fraction, np.random.default_rng([seed, 2]))
         notes["split"] = f"by episode per task, val_fraction {val_fraction}, seed {seed}"
 
     extra = dict(info.get(EXTRA_INFO_KEY) or {})
