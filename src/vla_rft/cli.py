@@ -245,13 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-lerobot", help="write a dataset as a LeRobot v3.0 dataset directory")
     _add_config_args(p)
     p.add_argument("--dataset", required=True, help="our dataset artifact: a local path or s3://bucket/prefix")
-    p.add_argument("--out", required=True, help="the LeRobot dataset directory to create (local)")
+    p.add_argument("--out", required=True,
+                   help="the LeRobot dataset directory to create, or s3://bucket/prefix (stored with a manifest)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_cmd_export_lerobot)
 
     p = sub.add_parser("import-lerobot", help="turn a LeRobot v3.0 dataset directory into our dataset artifact")
     _add_config_args(p)
-    p.add_argument("--from", dest="source", required=True, metavar="DIR", help="the LeRobot dataset directory")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="a LeRobot dataset directory, or an s3:// one written by export-lerobot")
     p.add_argument("--out", required=True, help="output dataset: a local path or s3://bucket/prefix")
     p.add_argument("--camera", default=None,
                    help="which observation.images.<camera> to use (required when there are several)")
