@@ -171,8 +171,9 @@ def test_dataset_written_by_lerobot_imports_and_runs_the_quick_stages(tiny_datas
     ours = load_dataset(root)
     theirs = tmp_path / "theirs"
     _lerobot(tmp_path, "write", str(root), str(theirs), "128", "128")
-    cfg = _cfg("world_model.steps=10", "policy.steps=20", "rft.steps=2", "rft.verify_states=0",
-               "evaluate.episodes_per_task=1", "evaluate.suites=[nominal]")
+    cfg = _cfg("world_model.steps=10", "world_model.eval_chunks=16", "world_model.gif_chunks=1", "policy.steps=20",
+               "policy.eval_chunks=32", "rft.steps=2", "rft.verify_states=0", "evaluate.episodes_per_task=1",
+               "evaluate.suites=[nominal]")
     s = stages.import_lerobot(cfg, str(theirs), str(tmp_path / "dataset"))
     notes = s["notes"]
     assert notes["camera"] == "observation.images.front" and notes["resized_from"] == [128, 128]
