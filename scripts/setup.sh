@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: Debian packages, the .venv, torch==2.13.0 first, then the
-# project with its pipeline and test extras. Re-runs are a no-op until pyproject.toml or this
+# project with its pipeline, test and lerobot extras. Re-runs are a no-op until pyproject.toml or this
 # script changes. Called by scripts/quickstart.sh and scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,14 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "setup: installing torch==2.13.0 and the project into .venv (about a minute)"
   "${pip[@]}" torch==2.13.0 2> >(grep -v "is ignored" >&2)
   "${pip[@]}" "dvc[s3]==3.67.1" 2> >(grep -v "is ignored" >&2)
-  "${pip[@]}" boto3==1.43.117 -e ".[pipeline,dev]" 2> >(grep -v "is ignored" >&2)
+  "${pip[@]}" boto3==1.43.117 -e ".[pipeline,dev,lerobot]" 2> >(grep -v "is ignored" >&2)
+  # LeRobot for the interop tests: its own pins (torch<2.11, torchvision<0.26, datasets<5, hub<0.36) would
+  # replace torch 2.13.0, so these go in without dependencies (the lerobot extra holds the rest) and pip's
+  # report of the pins they declare is filtered out as expected. torchvision (a CUDA build on PyPI) goes
+  # to .venv/lerobot-site, outside site-packages: where transformers sees it, transformers imports it and
+  # fails; vla_rft.data.lerobot.prepare_lerobot_import() puts it on sys.path for LeRobot code only.
+  "${pip[@]}" --no-deps lerobot==0.4.4 datasets==4.8.5 diffusers==0.35.2 \
+    2> >(grep -v -e "is ignored" -e "dependency resolver" -e "^lerobot 0.4.4 requires" -e "^datasets 4.8.5 requires" >&2)
+  "${pip[@]}" --no-deps --upgrade --target .venv/lerobot-site torchvision==0.28.0 2> >(grep -v "is ignored" >&2)
   echo "$want" > "$stamp"
 fi

@@ -122,6 +122,30 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return _write_summary(args, d)
 
 
+def _cmd_export_lerobot(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.export_lerobot(cfg, args.dataset, args.out, overwrite=args.overwrite)
+    print(f"export-lerobot: {s['episodes']} episodes, {s['frames']} frames, {s['tasks']} tasks, camera "
+          f"{s['camera']}, {_human_bytes(s['size_bytes'])}, {s['seconds']:.1f} s -> {s['out']} (LeRobot v3.0)")
+    return _write_summary(args, s)
+
+
+def _cmd_import_lerobot(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.import_lerobot(cfg, args.source, args.out, camera=args.camera, overwrite=args.overwrite)
+    notes = s["notes"]
+    extra = "".join(f"; {k}: {v}" for k, v in notes.items() if k in ("resized_from", "resize_method") or
+                    (k == "filled_in" and v))
+    print(f"import-lerobot: {s['episodes']} episodes ({s['splits']['train']} train / {s['splits']['val']} val), "
+          f"{s['frames']} frames, tasks {', '.join(s['tasks'])}, camera {notes['camera']}, split "
+          f"{notes['split']}{extra}, {s['seconds']:.1f} s -> {s['uri']}")
+    return _write_summary(args, s)
+
+
 def _write_summary(args: argparse.Namespace, summary: dict) -> int:
     if args.summary_json:
         Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=None, help="default: promote.registry in params.yaml")
     p.add_argument("--force", action="store_true", help="promote even if not better (recorded as forced)")
     p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("export-lerobot", help="write a dataset as a LeRobot v3.0 dataset directory")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True, help="our dataset artifact: a local path or s3://bucket/prefix")
+    p.add_argument("--out", required=True,
+                   help="the LeRobot dataset directory to create, or s3://bucket/prefix (stored with a manifest)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=_cmd_export_lerobot)
+
+    p = sub.add_parser("import-lerobot", help="turn a LeRobot v3.0 dataset directory into our dataset artifact")
+    _add_config_args(p)
+    p.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="a LeRobot dataset directory, or an s3:// one written by export-lerobot")
+    p.add_argument("--out", required=True, help="output dataset: a local path or s3://bucket/prefix")
+    p.add_argument("--camera", default=None,
+                   help="which observation.images.<camera> to use (required when there are several)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.set_defaults(func=_cmd_import_lerobot)
 
     p = sub.add_parser("pipeline", help="the KFP pipeline: run locally, compile, submit or schedule on a cluster")
     acts = p.add_subparsers(dest="action", required=True)

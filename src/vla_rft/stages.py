@@ -324,3 +324,91 @@ def kfp_success_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     for policy in metrics["policies"]:
         out.update({f"{policy}/{k}": v for k, v in kfp_metrics(metrics, policy).items()})
     return out
+
+
+# -- LeRobot interop -------------------------------------------------------------------------------
+def export_lerobot(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write a dataset artifact as a LeRobot v3.0 dataset (readable by ``LeRobotDataset``).
+
+    A local ``out_uri`` becomes a plain LeRobot directory, built in a temporary sibling and renamed
+    into place, so a killed export never leaves a directory that looks complete. An ``s3://`` one is
+    an artifact of kind ``lerobot_dataset`` (manifest written last), which import-lerobot reads back.
+    """
+    import shutil
+
+    from vla_rft.data import load_dataset
+    from vla_rft.data.lerobot import export_lerobot as export
+
+    start = time.time()
+    to_s3 = storage.is_s3_uri(out_uri)
+    out = None if to_s3 else Path(out_uri)
+    if to_s3:
+        _refuse_existing(out_uri, "LeRobot dataset", overwrite)
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise storage.ArtifactExistsError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    with tempfile.TemporaryDirectory(prefix="vla-rft-lerobot-") as tmp:
+        data_dir, _ = storage.read_artifact(dataset_uri, expected_kind="dataset", cache_dir=Path(tmp) / "cache")
+        data = load_dataset(data_dir)
+        if to_s3:
+            staged = Path(tmp) / "lerobot"
+            info = export(data, staged)
+            size = _dir_size(staged)
+            storage.write_artifact(staged, out_uri, kind="lerobot_dataset",
+                                   config={"dataset": dataset_uri, "format": "lerobot/v3.0"}, overwrite=overwrite)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+            try:
+                info = export(data, staged)
+                if out.exists():
+                    shutil.rmtree(out)
+                staged.rename(out)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+            size = _dir_size(out)
+    return {"out": out_uri, "episodes": info["total_episodes"], "frames": info["total_frames"],
+            "tasks": info["total_tasks"], "camera": next(k for k in info["features"] if k.startswith("observation.images.")),
+            "size_bytes": size, "seconds": time.time() - start}
+
+
+def import_lerobot(cfg: Config, source: str, out_uri: str, *, camera: str | None = None,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Turn a LeRobot v3.0 dataset into our dataset artifact (same schema as prepare-data's).
+
+    ``source`` is a local directory, or an ``s3://`` LeRobot dataset written by export-lerobot (its
+    manifest is verified on download). Checked against this configuration: camera key, state and
+    action dimensions, fps; frames of another size are resized to ``sim.image_size`` (the method is
+    recorded in info.json). Episodes without a ``split`` column are split into train/val per task as
+    prepare-data does.
+    """
+    from vla_rft.data.lerobot import read_lerobot
+    from vla_rft.data.parquet import write_dataset
+    from vla_rft.tasks import ACTION_DIM, STATE_DIM
+
+    start = time.time()
+    _refuse_existing(out_uri, "dataset", overwrite)
+    with tempfile.TemporaryDirectory(prefix="vla-rft-dataset-") as tmp:
+        root = source
+        if storage.is_s3_uri(source):
+            try:
+                root, _ = storage.read_artifact(source, expected_kind="lerobot_dataset", cache_dir=Path(tmp) / "src")
+            except storage.ArtifactNotFoundError as err:
+                raise storage.ArtifactNotFoundError(
+                    f"{err}; from S3 import-lerobot reads datasets that export-lerobot wrote there (with a manifest); "
+                    "download any other LeRobot dataset and import the directory") from None
+        imported = read_lerobot(root, image_size=cfg.sim.image_size, state_dim=STATE_DIM, action_dim=ACTION_DIM,
+                                fps=FPS, camera=camera, val_fraction=cfg.prepare_data.val_fraction,
+                                seed=cfg.common.seed)
+        out = Path(tmp) / "out"
+        info = write_dataset(out, imported.episodes, imported.splits, imported.tasks,
+                             info_extra=imported.info_extra, frames_per_file=cfg.prepare_data.frames_per_file)
+        size = _dir_size(out)
+        storage.write_artifact(out, out_uri, kind="dataset",
+                               config={"profile": cfg.profile, "common": cfg.section("common"),
+                                       "sim": {"image_size": cfg.sim.image_size},
+                                       "prepare_data": {"val_fraction": cfg.prepare_data.val_fraction},
+                                       "source": {"lerobot": str(source), "camera": camera}},
+                               overwrite=overwrite)
+    return {"uri": out_uri, "episodes": info["total_episodes"], "frames": info["total_frames"],
+            "splits": info["splits"], "tasks": [t for t, _ in imported.tasks], "notes": imported.notes,
+            "size_bytes": size, "seconds": time.time() - start}
