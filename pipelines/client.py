@@ -264,7 +264,7 @@ def run_local(pipeline_root: str | Path, params_path: str | Path | None = None, 
                           for c in metrics.get("comparisons", [])]
     outputs = task.outputs
     result["promotion"] = {"promoted": bool(outputs["promoted"]), "reason": str(outputs["reason"]),
-                           "version": str(outputs["version"])}
+                           "version": str(outputs["version"]), "candidate_score": float(outputs["candidate_score"])}
     return result
 
 

@@ -99,7 +99,7 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         eval_episodes_per_task: int = d["eval_episodes_per_task"], device: str = d["device"], gpus: int = 0,
         registry: str = d["registry"], params_json: str = params_json,
         overrides: list = [],  # noqa: B006 - KFP literal
-    ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str)]):
+    ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str), ("candidate_score", float)]):
         cfg = comps["configure"](
             params_json=params_json, profile=profile, overrides=overrides, tasks=tasks,
             episodes_per_task=episodes_per_task, world_model_steps=world_model_steps, bc_steps=bc_steps,
@@ -122,8 +122,9 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         gate = comps["promote"](config_json=config_json, policy=tuned.outputs["policy"],
                                 evaluation=ev.outputs["evaluation"])
         _resources(gate.set_display_name("promote"), "500m", "2Gi")
-        return NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str)])(
-            gate.outputs["promoted"], gate.outputs["reason"], gate.outputs["version"])
+        return NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str),
+                                      ("candidate_score", float)])(
+            gate.outputs["promoted"], gate.outputs["reason"], gate.outputs["version"], gate.outputs["candidate_score"])
 
     # the run form shows these lines next to each parameter (KFP reads the Google-style Args section)
     args = {"profile": f"profile of params.yaml: {', '.join(raw.get('profiles', {}) or ['none'])}",

@@ -114,7 +114,7 @@ def test_compiled_package_parses_strictly_into_pipeline_spec_and_platform_spec()
     parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise ParseError
     assert parsed.pipeline_info.name == "vla-rft"
     assert set(parsed.root.dag.tasks) == set(STAGES)
-    assert set(parsed.root.output_definitions.parameters) == {"promoted", "reason", "version"}
+    assert set(parsed.root.output_definitions.parameters) == {"promoted", "reason", "version", "candidate_score"}
     kube = json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert "kubernetes" in kube.platforms
     # the check can fail: a field the server does not know is refused
