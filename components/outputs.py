@@ -176,3 +176,19 @@ def inline_images(html_text: str, base_dir: str) -> str:
         return f"src={quote}data:{mime};base64,{data}{quote}"
 
     return re.sub(r"src=(['\"])([^'\"]+)\1", embed, html_text)
+
+
+def fidelity_table(fidelity: dict[str, Any]) -> str:
+    """The world model against its baselines, one row per region and metric, one column per predictor."""
+    predictors = [k for k, v in fidelity.items() if isinstance(v, dict) and isinstance(v.get("whole"), dict)]
+    if not predictors:
+        return ""
+    regions = [r for r in ("whole", "moving") if all(r in fidelity[p] for p in predictors)]
+    metrics = list(fidelity[predictors[0]][regions[0]].get("mean", {})) if regions else []
+    lines = ["| val-episode frames | " + " | ".join(p.replace("_", " ") for p in predictors) + " |",
+             "|---|" + "---|" * len(predictors)]
+    for region in regions:
+        for metric in metrics:
+            cells = [_cell(fidelity[p][region].get("mean", {}).get(metric)) for p in predictors]
+            lines.append(f"| {region} {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -79,10 +79,12 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
                  if "/mean/" in k or k.startswith("targets/")}
         for name, value in shown.items():
             fidelity.log_metric(name, value)
+        targets = [(k.removeprefix("targets/"), v) for k, v in shown.items() if k.startswith("targets/")]
         with open(summary.path, "w") as f:
             f.write("# train-world-model\n\n" + outputs.markdown_table(
-                [("steps", result["train"].get("steps")), ("seconds", result["seconds"]), *shown.items()],
-                ("fidelity on val episodes", "value"))
+                [("steps", result["train"].get("steps")), ("seconds", result["seconds"])], ("training", ""))
+                + "\n" + outputs.fidelity_table(result["fidelity"])
+                + ("\n" + outputs.markdown_table(targets, ("fidelity target", "value")) if targets else "")
                 + "\n" + outputs.curves_markdown(world_model.path, ["loss", "pixel_loss", "state_loss"],
                                                  "world-model training loss"))
 

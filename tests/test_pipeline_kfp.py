@@ -172,6 +172,18 @@ def test_param_values_are_typed_and_checked():
         client.parse_params(["rft_steps=two"])
 
 
+def test_fidelity_table_puts_the_baselines_side_by_side():
+    from vla_rft.components.outputs import fidelity_table
+
+    fid = {name: {region: {"mean": {"l1": value, "psnr": 20.0 + value}, "per_step": {"l1": [value]}}
+                  for region in ("whole", "moving")}
+           for name, value in (("model", 0.1), ("copy_last", 0.3))} | {"targets": {"x": 1.0}}
+    table = fidelity_table(fid)
+    assert table.splitlines()[0] == "| val-episode frames | model | copy last |"
+    assert "| moving l1 | 0.1 | 0.3 |" in table and "| whole psnr | 20.1 | 20.3 |" in table
+    assert "per_step" not in table and "targets" not in table
+
+
 # -- the client: timeouts, one-line errors, local validation ------------------------------------------
 
 def _cli(*args, cwd=ROOT, timeout=120):
@@ -293,9 +305,11 @@ def test_loaded_package_runs_under_kfp_local_with_one_line_per_stage(tmp_path):
     assert out["promotion"]["promoted"] is True and out["promotion"]["reason"] == "no champion yet"
     assert (tmp_path / "registry" / "versions" / out["promotion"]["version"]).is_dir()
     # what the UI shows: readable Markdown (tables, embedded plots), no JSON dumps; a self-contained report
-    for md in (run / "prepare-data" / "summary", run / "rft" / "summary", run / "promote" / "decision"):
+    for md in (run / "prepare-data" / "summary", run / "train-world-model" / "summary", run / "rft" / "summary",
+               run / "promote" / "decision"):
         page = md.read_text()
         assert "|---|---|" in page and "```json" not in page, md
     assert "](data:image/png;base64," in (run / "rft" / "summary").read_text()
+    assert "| moving l1 |" in (run / "train-world-model" / "summary").read_text()
     report = (run / "evaluate" / "report").read_text()
     assert "src='gifs/" not in report and "data:image/gif;base64," in report
