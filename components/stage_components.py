@@ -3,10 +3,13 @@
 Components are made by :func:`build_components` for a given image, because a KFP component's
 base image is fixed when it is compiled. The image has every dependency baked in, so nothing is
 pip-installed at run time (``install_kfp_package=False``; air-gapped clusters have no PyPI).
-Each function body imports ``vla_rft`` itself: KFP ships the body's source, not this module.
-The configuration travels as ``params_json`` (params.yaml as one line of JSON), not as a dict:
-KFP stores dict parameters as protobuf Structs, which turn every integer into a float, and a
-multi-line string default breaks the comment header of the compiled YAML.
+Each function body imports ``vla_rft`` itself: KFP ships the body's source, not this module;
+what the bodies share lives in :mod:`vla_rft.components.outputs`.
+
+The first task, ``configure``, resolves the run's whole configuration once (params.yaml as
+``params_json``, the profile, the typed knobs, the ``overrides`` list) and fails the run before
+any training when a value is wrong; every stage gets the resolved config as one JSON string
+(a dict parameter would become a protobuf Struct, which turns every integer into a float).
 """
 
 from typing import NamedTuple
@@ -21,111 +24,145 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
     """The stage components for ``image``, by stage name."""
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def prepare_data(params_json: str, profile: str, overrides: list, device: str, dataset: Output[Dataset],
-                     summary: Output[Markdown]) -> NamedTuple("Outputs", [("episodes", int), ("expert_success", float)]):
-        """Record scripted-expert episodes in Meta-World as a Parquet dataset."""
+    def configure(params_json: str, profile: str, overrides: list, tasks: str, episodes_per_task: int,
+                  world_model_steps: int, bc_steps: int, rft_steps: int, group_size: int,
+                  eval_episodes_per_task: int, device: str, registry: str, config: Output[Markdown]) -> str:
+        """Resolve and validate the run's configuration: params.yaml, profile, knobs, then overrides."""
         import json
+
+        from vla_rft.components import outputs
+
+        resolved = outputs.resolve_config(
+            params_json, profile, overrides, tasks=tasks, episodes_per_task=episodes_per_task,
+            world_model_steps=world_model_steps, bc_steps=bc_steps, rft_steps=rft_steps, group_size=group_size,
+            eval_episodes_per_task=eval_episodes_per_task, device=device, registry=registry)
+        rows = [("profile", resolved["profile"])] + [(key, resolved[key.split(".")[0]][key.split(".")[1]])
+                                                     for key in outputs.KNOBS.values()]
+        with open(config.path, "w") as f:
+            f.write("# configure\n\nThe values this run uses (profile, then the knobs set, then overrides).\n\n"
+                    + outputs.markdown_table(rows, ("parameter", "value"))
+                    + "\nOverrides: " + (", ".join(f"`{o}`" for o in overrides) or "none") + "\n")
+        return json.dumps(resolved, sort_keys=True)
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def prepare_data(config_json: str, dataset: Output[Dataset], summary: Output[Markdown]
+                     ) -> NamedTuple("Outputs", [("episodes", int), ("expert_success", float)]):
+        """Record scripted-expert episodes in Meta-World as a Parquet dataset."""
         from collections import namedtuple
 
         from vla_rft import stages
-        from vla_rft.config import config_from_dict
+        from vla_rft.components import outputs
 
-        cfg = config_from_dict(json.loads(params_json), profile=profile,
-                               overrides=[*overrides, f"common.device={device}"])
-        result = stages.prepare_data(cfg, dataset.path, overwrite=True, progress=False)
+        result = stages.prepare_data(outputs.stage_config(config_json), dataset.path, overwrite=True, progress=False)
         dataset.metadata.update({k: result[k] for k in ("episodes", "frames", "expert_success")})
+        rows = [("episodes (train / val)", f"{result['episodes']} ({result['splits']['train']} / "
+                                           f"{result['splits']['val']})"),
+                ("frames", result["frames"]), ("expert success", f"{result['expert_success']:.1%}")]
+        rows += [(f"expert success: {task}", f"{s['success_rate']:.0%}") for task, s in result["expert_per_task"].items()]
+        rows += [("size (MiB)", result["size_bytes"] / 2**20), ("seconds", result["seconds"])]
         with open(summary.path, "w") as f:
-            f.write("# prepare-data\n\n```json\n" + json.dumps(result, indent=2, default=str) + "\n```\n")
+            f.write("# prepare-data\n\n" + outputs.markdown_table(rows))
         return namedtuple("Outputs", ["episodes", "expert_success"])(int(result["episodes"]),
                                                                      float(result["expert_success"]))
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def train_world_model(params_json: str, profile: str, overrides: list, device: str, dataset: Input[Dataset],
-                          world_model: Output[Model], fidelity: Output[Metrics]):
+    def train_world_model(config_json: str, dataset: Input[Dataset], world_model: Output[Model],
+                          fidelity: Output[Metrics], summary: Output[Markdown]):
         """Train the action-conditioned video model; log its fidelity against the baselines."""
-        import json
-
         from vla_rft import stages
-        from vla_rft.config import config_from_dict
+        from vla_rft.components import outputs
 
-        cfg = config_from_dict(json.loads(params_json), profile=profile,
-                               overrides=[*overrides, f"common.device={device}"])
-        result = stages.train_world_model(cfg, dataset.path, world_model.path, overwrite=True,
-                                          checkpoint_dir=world_model.path + ".ckpt", progress=False)
-        for name, value in stages.flat_metrics(result["fidelity"]).items():
-            if "/mean/" in name or name.startswith("targets/"):  # per-step lists stay in the artifact
-                fidelity.log_metric(name, value)
+        result = stages.train_world_model(outputs.stage_config(config_json), dataset.path, world_model.path,
+                                          overwrite=True, checkpoint_dir=world_model.path + ".ckpt", progress=False)
+        # per-step lists and chunk indices stay in the artifact; the UI gets means and targets
+        shown = {k: v for k, v in outputs.flat_metrics(result["fidelity"]).items()
+                 if "/mean/" in k or k.startswith("targets/")}
+        for name, value in shown.items():
+            fidelity.log_metric(name, value)
+        targets = [(k.removeprefix("targets/"), v) for k, v in shown.items() if k.startswith("targets/")]
+        with open(summary.path, "w") as f:
+            f.write("# train-world-model\n\n" + outputs.markdown_table(
+                [("steps", result["train"].get("steps")), ("seconds", result["seconds"])], ("training", ""))
+                + "\n" + outputs.fidelity_table(result["fidelity"])
+                + ("\n" + outputs.markdown_table(targets, ("fidelity target", "value")) if targets else "")
+                + "\n" + outputs.curves_markdown(world_model.path, ["loss", "pixel_loss", "state_loss"],
+                                                 "world-model training loss"))
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def pretrain_policy(params_json: str, profile: str, overrides: list, device: str, dataset: Input[Dataset],
-                        policy: Output[Model]):
+    def pretrain_policy(config_json: str, dataset: Input[Dataset], policy: Output[Model], training: Output[Metrics],
+                        summary: Output[Markdown]):
         """Behaviour-clone the VLA policy on the expert chunks."""
-        import json
-
         from vla_rft import stages
-        from vla_rft.config import config_from_dict
+        from vla_rft.components import outputs
 
-        cfg = config_from_dict(json.loads(params_json), profile=profile,
-                               overrides=[*overrides, f"common.device={device}"])
-        result = stages.pretrain_policy(cfg, dataset.path, policy.path, overwrite=True,
+        result = stages.pretrain_policy(outputs.stage_config(config_json), dataset.path, policy.path, overwrite=True,
                                         checkpoint_dir=policy.path + ".ckpt", progress=False)
-        policy.metadata.update({k: v for k, v in result["train"].items() if isinstance(v, (int, float))})
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def rft(params_json: str, profile: str, overrides: list, device: str, dataset: Input[Dataset],
-            world_model: Input[Model], base_policy: Input[Model], policy: Output[Model],
-            training: Output[Metrics]):
-        """GRPO with verified rewards in the world model."""
-        import json
-
-        from vla_rft import stages
-        from vla_rft.config import config_from_dict
-
-        cfg = config_from_dict(json.loads(params_json), profile=profile,
-                               overrides=[*overrides, f"common.device={device}"])
-        result = stages.rft(cfg, dataset.path, world_model.path, base_policy.path, policy.path, overwrite=True,
-                            checkpoint_dir=policy.path + ".ckpt", progress=False)
-        for name, value in stages.flat_metrics({"train": result["train"],
-                                                "reward_fidelity": result["reward_fidelity"] or {}}).items():
+        scalars = {k: v for k, v in result["train"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        policy.metadata.update(scalars)
+        for name, value in outputs.flat_metrics(scalars).items():
             training.log_metric(name, value)
+        with open(summary.path, "w") as f:
+            f.write("# pretrain-policy\n\n" + outputs.markdown_table(sorted(scalars.items()), ("behaviour cloning", "value"))
+                    + "\n" + outputs.curves_markdown(policy.path, ["loss", "val_loss"], "behaviour-cloning loss"))
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def evaluate(params_json: str, profile: str, overrides: list, device: str, world_model: Input[Model],
-                 base_policy: Input[Model], rft_policy: Input[Model], evaluation: Output[Dataset],
-                 metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown]):
+    def rft(config_json: str, dataset: Input[Dataset], world_model: Input[Model], base_policy: Input[Model],
+            policy: Output[Model], training: Output[Metrics], summary: Output[Markdown]):
+        """GRPO with verified rewards in the world model."""
+        from vla_rft import stages
+        from vla_rft.components import outputs
+
+        result = stages.rft(outputs.stage_config(config_json), dataset.path, world_model.path, base_policy.path,
+                            policy.path, overwrite=True, checkpoint_dir=policy.path + ".ckpt", progress=False)
+        shown = outputs.flat_metrics({"train": result["train"], "reward_fidelity": result["reward_fidelity"] or {}})
+        for name, value in shown.items():
+            training.log_metric(name, value)
+        with open(summary.path, "w") as f:
+            f.write("# rft\n\n" + outputs.markdown_table(sorted(shown.items()), ("GRPO", "value"))
+                    + "\n" + outputs.curves_markdown(policy.path, ["reward_mean"], "GRPO reward (mean over groups)"))
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def evaluate(config_json: str, world_model: Input[Model], base_policy: Input[Model], rft_policy: Input[Model],
+                 evaluation: Output[Dataset], metrics: Output[Metrics], report: Output[HTML],
+                 summary: Output[Markdown]):
         """Base and RFT policies and the scripted expert in the real simulator, on the same episodes."""
-        import json
         import shutil
         from pathlib import Path
 
         from vla_rft import stages
-        from vla_rft.config import config_from_dict
+        from vla_rft.components import outputs
 
-        cfg = config_from_dict(json.loads(params_json), profile=profile,
-                               overrides=[*overrides, f"common.device={device}"])
-        result = stages.evaluate(cfg, {"base": base_policy.path, "rft": rft_policy.path}, evaluation.path,
-                                 world_model_uri=world_model.path, overwrite=True, progress=False)
-        for name, value in stages.kfp_success_metrics(result["metrics"]).items():
+        result = stages.evaluate(outputs.stage_config(config_json), {"base": base_policy.path, "rft": rft_policy.path},
+                                 evaluation.path, world_model_uri=world_model.path, overwrite=True, progress=False)
+        for name, value in outputs.kfp_success_metrics(result["metrics"]).items():
             metrics.log_metric(name, value)
         out = Path(evaluation.path)
         shutil.copyfile(out / "summary.md", summary.path)
-        # the KFP UI shows one HTML file: inline the GIFs' folder next to it is not served, so link by name
-        shutil.copyfile(out / "report.html", report.path)
+        # the UI serves the HTML artifact as one file: the plots and GIFs travel inside it as data URIs
+        Path(report.path).write_text(outputs.inline_images((out / "report.html").read_text(), str(out)))
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def promote(params_json: str, profile: str, overrides: list, policy: Input[Model], evaluation: Input[Dataset],
-                registry: str, decision: Output[Markdown]) -> bool:
+    def promote(config_json: str, policy: Input[Model], evaluation: Input[Dataset], decision: Output[Markdown]
+                ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str),
+                                            ("candidate_score", float)]):
         """Champion/challenger: publish the RFT policy to the registry only if it beats the champion."""
-        import json
+        from collections import namedtuple
 
         from vla_rft import stages
-        from vla_rft.config import config_from_dict
+        from vla_rft.components import outputs
 
-        cfg = config_from_dict(json.loads(params_json), profile=profile, overrides=list(overrides))
-        result = stages.promote(cfg, policy.path, evaluation.path, registry=registry or None)
+        cfg = outputs.stage_config(config_json)
+        result = stages.promote(cfg, policy.path, evaluation.path, registry=cfg.promote.registry or None)
+        champion = result.get("champion") or {}
+        rows = [("promoted", result["promoted"]), ("reason", result["reason"]), ("version", result.get("version")),
+                ("metric", result["metric"]), ("candidate score", result["candidate_score"]),
+                ("champion before", champion.get("version")), ("champion score", champion.get("score")),
+                ("registry", cfg.promote.registry)]
         with open(decision.path, "w") as f:
-            f.write("# promote\n\n```json\n" + json.dumps(result, indent=2, default=str) + "\n```\n")
-        return bool(result["promoted"])
+            f.write("# promote\n\n" + outputs.markdown_table(rows, ("decision", "")))
+        return namedtuple("Outputs", ["promoted", "reason", "version", "candidate_score"])(
+            bool(result["promoted"]), str(result["reason"]), str(result.get("version") or ""),
+            float(result["candidate_score"]))
 
-    return {"prepare-data": prepare_data, "train-world-model": train_world_model,
+    return {"configure": configure, "prepare-data": prepare_data, "train-world-model": train_world_model,
             "pretrain-policy": pretrain_policy, "rft": rft, "evaluate": evaluate, "promote": promote}

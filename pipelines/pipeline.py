@@ -1,31 +1,74 @@
-"""The vla-rft KFP pipeline: prepare-data -> (train-world-model || pretrain-policy) -> rft -> evaluate -> promote.
+"""The vla-rft KFP pipeline: configure -> prepare-data -> (train-world-model || pretrain-policy) -> rft -> evaluate -> promote.
 
-Parameters come from ``params.yaml``: the whole file (as JSON) is the ``params_json`` parameter's default, so a
-compiled package is self-contained and the Kubeflow UI shows every hyperparameter. MinIO
-credentials reach the pods from a Kubernetes Secret (``use_secret_as_env``), never as parameters.
+Parameters come from ``params.yaml``: the knobs people change (profile, tasks, episode and step
+counts, group size, device, GPUs, registry) are typed top-level parameters of the run form; the
+whole file (as JSON) is the ``params_json`` parameter's default, so a compiled package is
+self-contained and everything else stays reachable (``overrides``: ``section.key=value`` lines).
+MinIO credentials reach the pods from a Kubernetes Secret (``use_secret_as_env``), never as parameters.
 """
 
 
 import json
-from pathlib import Path
+from typing import Any, NamedTuple
 
-import yaml
 from kfp import dsl, kubernetes
 
+from vla_rft.components.outputs import KNOBS
 from vla_rft.components.stage_components import DEFAULT_IMAGE, build_components
 
 PIPELINE_NAME = "vla-rft"
 S3_SECRET_NAME = "mlpipeline-minio-artifact"
 S3_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 
+#: what each knob is, for the run form (the default and the profiles' values are appended)
+_KNOB_HELP = {
+    "tasks": "Meta-World tasks, comma-separated",
+    "episodes_per_task": "expert episodes recorded per task",
+    "world_model_steps": "world-model training steps",
+    "bc_steps": "behaviour-cloning steps of the base policy",
+    "rft_steps": "GRPO steps",
+    "group_size": "GRPO group size G (samples per start state)",
+    "eval_episodes_per_task": "real-simulator evaluation episodes per task and suite",
+    "device": "torch device of the training stages: cpu or cuda",
+    "registry": "model registry the promote gate publishes to (local path or s3://bucket/prefix)",
+}
 
-def load_params(path="params.yaml") -> str:
-    """params.yaml as one line of JSON (ints stay ints), checked to validate."""
+
+def load_params(path=None) -> str:
+    """params.yaml (default: the working directory's, else the package's) as one line of JSON, checked."""
+    import yaml
+
     from vla_rft.config import config_from_dict
+    from vla_rft.defaults import params_path
 
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = yaml.safe_load(params_path(path).read_text())
     config_from_dict(raw)
     return json.dumps(raw, sort_keys=True)
+
+
+def knob_defaults(raw: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """Each knob's default and description for the run form.
+
+    A knob that some profile sets defaults to "not set" (0 or ""): the profile's value applies
+    unless the user types one. A knob no profile touches shows params.yaml's value itself.
+    """
+    profiles = raw.get("profiles", {}) or {}
+    out = {}
+    for knob, dotted in KNOBS.items():
+        section, key = dotted.split(".")
+        base = raw.get(section, {}).get(key)
+        by_profile = {name: p[section][key] for name, p in profiles.items() if key in (p.get(section) or {})}
+        text = lambda v: ", ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+        if by_profile:
+            empty = "" if isinstance(base, (str, list)) else 0
+            values = ", ".join(f"{name}: {text(v)}" for name, v in by_profile.items())
+            default = empty
+            help_ = f"{_KNOB_HELP[knob]}; {empty!r} = the profile's value ({values}; otherwise {text(base)})"
+        else:
+            default = text(base) if isinstance(base, list) else base
+            help_ = f"{_KNOB_HELP[knob]} (params.yaml: {text(base)})"
+        out[knob] = (default, help_)
+    return out
 
 
 def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: str = "http://minio-service:9000",
@@ -34,7 +77,8 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
     comps = build_components(image)
     raw = json.loads(params_json)
     default_profile = str(raw.get("profile", "quick"))
-    default_registry = str(raw.get("promote", {}).get("registry", ""))
+    knobs = knob_defaults(raw)
+    d = {k: v[0] for k, v in knobs.items()}
 
     def _resources(task, cpu: str, memory: str, gpus=None, retries: int = 0):
         task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
@@ -48,25 +92,46 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
             kubernetes.use_secret_as_env(task, S3_SECRET_NAME, S3_SECRET_ENV, optional=True)
         return task
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
-    def vla_rft_pipeline(params_json: str = params_json, profile: str = default_profile,
-                         overrides: list = [], device: str = "cpu", gpus: int = 0,  # noqa: B006 - KFP literal
-                         registry: str = default_registry):
-        common = dict(params_json=params_json, profile=profile, overrides=overrides)
-        data = comps["prepare-data"](device=device, **common).set_display_name("prepare-data")
+    def vla_rft_pipeline(
+        profile: str = default_profile, tasks: str = d["tasks"], episodes_per_task: int = d["episodes_per_task"],
+        world_model_steps: int = d["world_model_steps"], bc_steps: int = d["bc_steps"],
+        rft_steps: int = d["rft_steps"], group_size: int = d["group_size"],
+        eval_episodes_per_task: int = d["eval_episodes_per_task"], device: str = d["device"], gpus: int = 0,
+        registry: str = d["registry"], params_json: str = params_json,
+        overrides: list = [],  # noqa: B006 - KFP literal
+    ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str), ("candidate_score", float)]):
+        cfg = comps["configure"](
+            params_json=params_json, profile=profile, overrides=overrides, tasks=tasks,
+            episodes_per_task=episodes_per_task, world_model_steps=world_model_steps, bc_steps=bc_steps,
+            rft_steps=rft_steps, group_size=group_size, eval_episodes_per_task=eval_episodes_per_task,
+            device=device, registry=registry)
+        _resources(cfg.set_display_name("configure"), "100m", "1Gi")
+        config_json = cfg.outputs["Output"]
+        data = comps["prepare-data"](config_json=config_json).set_display_name("prepare-data")
         _resources(data, "2", "8Gi")
-        wm = comps["train-world-model"](device=device, dataset=data.outputs["dataset"], **common)
+        wm = comps["train-world-model"](config_json=config_json, dataset=data.outputs["dataset"])
         _resources(wm.set_display_name("train-world-model"), "2", "8Gi", gpus if cluster else None, retries=2)
-        bc = comps["pretrain-policy"](device=device, dataset=data.outputs["dataset"], **common)
+        bc = comps["pretrain-policy"](config_json=config_json, dataset=data.outputs["dataset"])
         _resources(bc.set_display_name("pretrain-policy"), "2", "8Gi", gpus if cluster else None, retries=2)
-        tuned = comps["rft"](device=device, dataset=data.outputs["dataset"], world_model=wm.outputs["world_model"],
-                             base_policy=bc.outputs["policy"], **common)
+        tuned = comps["rft"](config_json=config_json, dataset=data.outputs["dataset"],
+                             world_model=wm.outputs["world_model"], base_policy=bc.outputs["policy"])
         _resources(tuned.set_display_name("rft"), "2", "8Gi", gpus if cluster else None, retries=2)
-        ev = comps["evaluate"](device=device, world_model=wm.outputs["world_model"], base_policy=bc.outputs["policy"],
-                               rft_policy=tuned.outputs["policy"], **common)
+        ev = comps["evaluate"](config_json=config_json, world_model=wm.outputs["world_model"],
+                               base_policy=bc.outputs["policy"], rft_policy=tuned.outputs["policy"])
         _resources(ev.set_display_name("evaluate"), "2", "8Gi")
-        gate = comps["promote"](policy=tuned.outputs["policy"], evaluation=ev.outputs["evaluation"],
-                                registry=registry, **common)
+        gate = comps["promote"](config_json=config_json, policy=tuned.outputs["policy"],
+                                evaluation=ev.outputs["evaluation"])
         _resources(gate.set_display_name("promote"), "500m", "2Gi")
+        return NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str),
+                                      ("candidate_score", float)])(
+            gate.outputs["promoted"], gate.outputs["reason"], gate.outputs["version"], gate.outputs["candidate_score"])
 
-    return vla_rft_pipeline
+    # the run form shows these lines next to each parameter (KFP reads the Google-style Args section)
+    args = {"profile": f"profile of params.yaml: {', '.join(raw.get('profiles', {}) or ['none'])}",
+            **{k: v[1] for k, v in knobs.items()},
+            "gpus": "GPUs per training task on the cluster (0: CPU nodes)",
+            "params_json": "the whole params.yaml as JSON: everything the knobs do not cover",
+            "overrides": "section.key=value lines applied last, e.g. [\"sim.num_workers=1\"]"}
+    vla_rft_pipeline.__doc__ = (__doc__.splitlines()[0] + "\n\nArgs:\n"
+                                + "".join(f"    {name}: {text}\n" for name, text in args.items()))
+    return dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])(vla_rft_pipeline)

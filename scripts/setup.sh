@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# 1. Debian packages: libosmesa6 renders MuJoCo offscreen on the CPU.
+# 1. Debian packages: libosmesa6 renders MuJoCo offscreen on the CPU; chromium is the browser the
+#    report test drives (Playwright's own browser download cannot work offline).
 missing=()
-for pkg in libosmesa6 libgl1; do
+for pkg in libosmesa6 libgl1 chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

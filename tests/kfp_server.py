@@ -10,9 +10,12 @@ from urllib.parse import parse_qs, urlparse
 
 
 class RecordingKFP:
-    def __init__(self):
+    """``hang``: paths (e.g. ``/apis/v2beta1/runs``) answered never (until the server stops), after recording."""
+
+    def __init__(self, hang: tuple[str, ...] = ()):
         self.requests: list[dict] = []
         self.experiments: dict[str, dict] = {}
+        self.released = threading.Event()
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +39,9 @@ class RecordingKFP:
                                           "body": body, "raw": raw.decode(errors="replace"),
                                           "headers": dict(self.headers)})
                 path = url.path.rstrip("/")
+                if path in hang:
+                    recorder.released.wait()
+                    return None
                 if path.endswith("/healthz"):
                     return self._reply(200, {"multi_user": False})
                 if path == "/apis/v2beta1/experiments" and method == "GET":
@@ -72,8 +78,81 @@ class RecordingKFP:
         return self
 
     def __exit__(self, *exc):
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
     def posts(self, path: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "POST" and r["path"].rstrip("/") == path]
+
+
+class HangingServer:
+    """A TCP listener on loopback that accepts connections and never answers (a stuck endpoint)."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)  # held open, never read from or written to
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+class HTML404Server:
+    """An HTTP server on loopback that answers everything with an HTML 404 page (a web server, not KFP)."""
+
+    PAGE = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+
+    def __init__(self):
+        page = self.PAGE
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _reply
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -71,7 +71,7 @@ def test_two_concurrent_local_pipeline_runs_keep_to_their_own_prefixes(tmp_path)
         for manifest in run.rglob("meta.json"):
             storage.read_artifact(str(manifest.parent))
     # the shared registry: both decisions recorded, promotions serialised, the champion is the best candidate
-    decisions = [json.loads(r["promotion"]) for r in results]
+    decisions = [r["promotion"] for r in results]  # the promote task's typed outputs
     assert len(list((tmp_path / "registry" / "decisions").glob("*.json"))) == 2
     assert sum(d["promoted"] and d["reason"] == "no champion yet" for d in decisions) == 1
     champion = json.loads((tmp_path / "registry" / "champion.json").read_text())

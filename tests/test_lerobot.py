@@ -111,7 +111,7 @@ def test_round_trip_gives_our_dataset_back(tiny_dataset, exported, tmp_path):
 
 
 def test_export_to_s3_and_import_from_it(tiny_dataset, s3_env, tmp_path):
-    """On a real S3 endpoint (moto on loopback): a manifested LeRobot dataset, imported back intact."""
+    """On a real S3 endpoint (a real S3 server on loopback): a manifested LeRobot dataset, imported back intact."""
     root, _ = tiny_dataset
     prefix = f"s3://{s3_env.bucket}/lerobot-{tmp_path.name}"
     stages.export_lerobot(_cfg(), str(root), f"{prefix}/export")

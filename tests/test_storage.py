@@ -1,4 +1,4 @@
-"""vla_rft.storage against local directories and a real S3 endpoint (moto's server on loopback)."""
+"""vla_rft.storage against local directories and a real S3 server on loopback (the JuiceFS gateway, MinIO's code)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 from vla_rft import storage
@@ -44,7 +42,7 @@ try:  # tests/ is a plain directory (no __init__.py) on sys.path under pytest's 
         s3_env,  # noqa: F401  (fixture)
         s3_server,  # noqa: F401  (fixture)
         set_env,
-        start_moto_subprocess,
+        start_s3_subprocess,
     )
 except ImportError:  # tests/ became a package
     from tests.s3server import (  # type: ignore[no-redef]
@@ -55,7 +53,7 @@ except ImportError:  # tests/ became a package
         s3_env,  # noqa: F401
         s3_server,  # noqa: F401
         set_env,
-        start_moto_subprocess,
+        start_s3_subprocess,
     )
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -312,37 +310,21 @@ def test_s3_missing_bucket(s3_env, tmp_path):
 
 
 def test_s3_wrong_credentials(s3_env, tmp_path, monkeypatch):
-    """moto accepts any key unless IAM auth is on; turn it on (reset-auth) with a real IAM user as control."""
-    iam = boto3.client("iam", endpoint_url=s3_env.endpoint, region_name="us-east-1",
-                       aws_access_key_id="setup", aws_secret_access_key="setup")
-    user = f"u{uuid.uuid4().hex[:8]}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    """The server refuses a wrong secret and an unknown key (MinIO's signature check); neither leaks."""
     make_tree(tmp_path / "src")
     uri = s3_uri(s3_env)
-
-    def set_auth(count: str) -> None:
-        req = urllib.request.Request(f"{s3_env.endpoint}/moto-api/reset-auth", data=count.encode(),
-                                     headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(req, timeout=5).close()
-
-    set_auth("0")
-    try:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-        write_artifact(tmp_path / "src", uri, kind="k", config={})  # control: valid keys work
-        for access_key, secret in [(key["AccessKeyId"], "wrong-secret-value"), (ACCESS_KEY, SECRET_KEY)]:
-            monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
-            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-            for call in (lambda: read_artifact(uri), lambda: artifact_exists(uri),
-                         lambda: write_artifact(tmp_path / "src", uri, kind="k", config={}, overwrite=True)):
-                with pytest.raises(StorageAuthError, match="rejected the credentials") as info:
-                    call()
-                assert secret not in str(info.value) and access_key not in str(info.value)
-    finally:
-        set_auth("inf")
+    write_artifact(tmp_path / "src", uri, kind="k", config={})  # control: the right keys work
+    for access_key, secret in [(ACCESS_KEY, "wrong-secret-value"), ("unknown-access-key", SECRET_KEY)]:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        for call in (lambda: read_artifact(uri), lambda: artifact_exists(uri),
+                     lambda: write_artifact(tmp_path / "src", uri, kind="k", config={}, overwrite=True)):
+            with pytest.raises(StorageAuthError, match="rejected the credentials") as info:
+                call()
+            assert secret not in str(info.value) and access_key not in str(info.value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    assert read_manifest(uri)["kind"] == "k"  # the refused overwrite left the artifact as it was
 
 
 def test_s3_unreachable_endpoint(monkeypatch, tmp_path):
@@ -422,7 +404,7 @@ def test_s3_write_killed_midway(s3_env, tmp_path):
 
 def test_s3_endpoint_stops_midway(monkeypatch, tmp_path):
     port = free_port()
-    server = start_moto_subprocess(port)
+    server = start_s3_subprocess(port, tmp_path / "s3")  # its own server: this test kills it
     try:
         endpoint = f"http://127.0.0.1:{port}"
         set_env(monkeypatch, endpoint)

@@ -15,7 +15,8 @@ log = logging.getLogger("vla_rft")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--params", default=None,
+                   help="params file (default: ./params.yaml, else the defaults shipped with the package)")
     p.add_argument("--profile", default=None, help="profile in params.yaml: quick or standard")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one parameter (repeatable), e.g. --set sim.num_workers=1")
@@ -164,10 +165,12 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             print(f"pipeline compile: wrote {path}")
         elif args.action == "run":
             if not args.local:
-                print("vla-rft pipeline run: only --local is supported here; use `pipeline submit` for a cluster",
-                      file=sys.stderr)
-                return 2
-            result = client.run_local(args.pipeline_root, args.params, args.profile, args.overrides)
+                raise client.PipelineError("only --local is supported here; use `pipeline submit` for a cluster")
+            print(f"pipeline run: kfp.local, profile {args.profile or 'from params'}; one line per stage "
+                  f"(-v streams every log)", flush=True)
+            result = client.run_local(args.pipeline_root, args.params, args.profile, args.overrides,
+                                      verbose=args.verbose, package=args.package,
+                                      params=client.parse_params(args.param))
             print(f"pipeline run: finished in {result['seconds']:.1f} s; artifacts under {result['run_dir']}")
             for name, overall in result.get("success", {}).items():
                 perturbed = overall.get("perturbed")
@@ -175,22 +178,38 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
                       f"{'n/a' if perturbed is None else format(perturbed, '.1%')}")
             for gain in result.get("gain", []):
                 print(f"  gain {gain['policy']} vs {gain['base']}: nominal {100 * gain['nominal']:+.1f} points")
-            if "promotion" in result:
-                promoted = json.loads(result["promotion"])
-                print(f"  promote: {'promoted' if promoted['promoted'] else 'kept the champion'} ({promoted['reason']})")
+            promotion = result["promotion"]
+            print(f"  promote: {'promoted ' + promotion['version'] if promotion['promoted'] else 'kept the champion'}"
+                  f" ({promotion['reason']})")
             print(f"  report: {result.get('report', 'none')}")
+            print(f"  full log: {result['log']}")
             return _write_summary(args, result)
         elif args.action == "submit":
-            result = client.submit(args.host, args.experiment, args.profile, args.run_name, args.package, args.overrides)
+            result = client.submit(args.host, args.experiment, args.profile, args.run_name, args.package,
+                                   args.overrides, timeout=args.timeout, params_path=args.params,
+                                   params=client.parse_params(args.param))
             print(f"pipeline submit: run {result['run_id']} in experiment {result['experiment']!r}")
         elif args.action == "schedule":
             result = client.schedule(args.host, args.cron, args.experiment, args.max_concurrency, args.profile,
-                                     args.job_name, args.package, args.overrides)
+                                     args.job_name, args.package, args.overrides, timeout=args.timeout,
+                                     params_path=args.params, params=client.parse_params(args.param))
             print(f"pipeline schedule: recurring run {result['recurring_run_id']} ({result['cron']})")
-    except client.PipelineError as err:
-        print(f"vla-rft pipeline {args.action}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - every failure of these commands is one line (-v: the traceback)
+        log.debug("traceback", exc_info=True)
+        print(f"vla-rft pipeline {args.action}: error ({type(err).__name__}): {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from vla_rft.defaults import PARAMS_PATH
+
+    sys.stdout.write(PARAMS_PATH.read_text())
+    return 0
+
+
+PARAM_HELP = ("a typed pipeline parameter of the run form (repeatable): profile knobs such as rft_steps=2, "
+              "tasks='push, reach', gpus=1; 0 or empty = the profile's value")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,20 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     acts = p.add_subparsers(dest="action", required=True)
     a = acts.add_parser("run", help="run the whole DAG locally with kfp.local")
     _add_config_args(a)
+    a.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="stream every stage's log (default: one line per stage, the logs to a file)")
     a.add_argument("--local", action="store_true", help="run here with kfp.local (no cluster)")
     a.add_argument("--pipeline-root", default="runs/kfp", help="where local artifacts go (default: runs/kfp)")
+    a.add_argument("--package", default=None, help="run this compiled package instead of building the pipeline")
+    a.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=PARAM_HELP)
     a = acts.add_parser("compile", help="write the pipeline package YAML")
-    a.add_argument("--params", default="params.yaml")
+    a.add_argument("--params", default=None, help="default: ./params.yaml, else the package's defaults")
     a.add_argument("--out", default=None, help="default: pipelines/vla_rft_pipeline.yaml")
     a.add_argument("--image", default=None, help="the project image every component runs in")
     for name, helptext in (("submit", "start one run on a Kubeflow cluster"),
                            ("schedule", "create a recurring run (scheduled retraining)")):
         a = acts.add_parser(name, help=helptext)
         a.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        a.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds each KFP API request may take (default: 30)")
         a.add_argument("--experiment", default="vla-rft")
+        a.add_argument("--params", default=None,
+                       help="checks --profile/--set against this file when compiling now (default as for run)")
         a.add_argument("--profile", default=None)
         a.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
         a.add_argument("--package", default=None, help="a compiled package (default: compile now)")
+        a.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=PARAM_HELP)
         if name == "submit":
             a.add_argument("--run-name", default=None)
         else:
@@ -285,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--max-concurrency", type=int, default=1)
             a.add_argument("--job-name", default=None)
     p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("params", help="print the default params.yaml (vla-rft params > params.yaml)")
+    p.set_defaults(func=_cmd_params)
     return parser
 
 
@@ -295,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL chatters at interpreter shutdown
     from vla_rft import storage
     from vla_rft.data.schema import DatasetValidationError
+    from vla_rft.defaults import params_path, uses_packaged_defaults
+
+    if hasattr(args, "params") and args.params is None:
+        if uses_packaged_defaults():
+            print("vla-rft: no params.yaml in this directory: using the defaults shipped with the package "
+                  "(`vla-rft params > params.yaml` writes them out to edit)", file=sys.stderr)
+        args.params = str(params_path())
 
     try:
         return args.func(args)

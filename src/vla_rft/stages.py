@@ -8,7 +8,6 @@ built in a private temporary directory and published atomically with its manifes
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -300,30 +299,6 @@ def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: s
     with registry_mod.registry_lock(registry):  # read, decide and switch as one step when runs promote concurrently
         return registry_mod.decide_and_promote(pcfg, registry, candidate_uri, metrics, score, fingerprint, force)
 
-
-def flat_metrics(tree: Any, prefix: str = "") -> dict[str, float]:
-    """Numbers of a nested summary as ``a/b/c -> float`` (for KFP Metrics and DVC); lists become ``/i``."""
-    out: dict[str, float] = {}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    for key, value in items:
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, bool):
-            out[name] = float(value)
-        elif isinstance(value, (int, float)) and math.isfinite(value):
-            out[name] = float(value)
-        elif isinstance(value, (dict, list)):
-            out.update(flat_metrics(value, name))
-    return out
-
-
-def kfp_success_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Every evaluated policy's success numbers, shaped for a KFP Metrics artifact."""
-    from vla_rft.evaluation.metrics import kfp_metrics
-
-    out: dict[str, float] = {}
-    for policy in metrics["policies"]:
-        out.update({f"{policy}/{k}": v for k, v in kfp_metrics(metrics, policy).items()})
-    return out
 
 
 # -- LeRobot interop -------------------------------------------------------------------------------
