@@ -118,3 +118,17 @@ def test_concurrent_promotions_into_a_local_registry_are_serialised(cfg, tmp_pat
     for d in decisions:  # each promotion beat the champion it saw
         if d["promoted"] and d["champion"] is not None:
             assert d["candidate_score"] > d["champion"]["score"]
+
+
+def test_promote_refuses_an_evaluation_of_another_policy(cfg, tmp_path):
+    """`promote --policy X --evaluation E` where E evaluated Y: refused, nothing promoted."""
+    from vla_rft.errors import CompatibilityError
+
+    registry = str(tmp_path / "registry")
+    _policy(tmp_path, "good", b"G" * 10)
+    other = _policy(tmp_path, "other", b"O" * 10)
+    evaluation = _evaluation(tmp_path, "good", 0.9)  # evaluated the 'good' policy
+    with pytest.raises(CompatibilityError, match="not the candidate"):
+        stages.promote(cfg, other, evaluation, registry=registry)
+    assert storage.read_json(f"{registry}/champion.json") is None
+    assert stages.promote(cfg, str(tmp_path / "policy-good-artifact"), evaluation, registry=registry)["promoted"]

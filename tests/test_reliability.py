@@ -167,3 +167,28 @@ def test_a_known_secret_appears_nowhere(tiny_dataset, s3_env, tmp_path):  # noqa
     assert any(name.endswith("meta.json") for name in texts)
     for name, text in texts.items():
         assert SECRET_KEY not in text and ACCESS_KEY not in text, f"the secret leaked into {name}"
+
+
+def test_restart_in_a_shared_checkpoint_dir_deletes_only_that_stages_files(tmp_path):
+    """`--restart` or new settings with a user-given --checkpoint-dir: the user's files and other stages'
+    checkpoints in that directory survive; only the stage's own checkpoint is discarded."""
+    from vla_rft.checkpointing import prepare_checkpoint_dir
+
+    shared = tmp_path / "ckpts"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine")
+    for stage in ("policy", "world_model"):
+        ckpt, resume = prepare_checkpoint_dir(str(tmp_path / stage), stage, {"lr": 1}, shared, restart=False)
+        assert ckpt == shared and not resume
+        (ckpt / f"{stage}_checkpoint.safetensors").write_bytes(b"step 5")
+    assert prepare_checkpoint_dir(str(tmp_path / "policy"), "policy", {"lr": 1}, shared, restart=False)[1]
+
+    _, resume = prepare_checkpoint_dir(str(tmp_path / "policy"), "policy", {"lr": 1}, shared, restart=True)
+    assert not resume and not (shared / "policy_checkpoint.safetensors").exists()
+    assert (shared / "notes.txt").read_text() == "mine"
+    assert (shared / "world_model_checkpoint.safetensors").read_bytes() == b"step 5"
+    assert prepare_checkpoint_dir(str(tmp_path / "wm"), "world_model", {"lr": 1}, shared, restart=False)[1]
+
+    _, resume = prepare_checkpoint_dir(str(tmp_path / "wm"), "world_model", {"lr": 2}, shared, restart=False)
+    assert not resume and not (shared / "world_model_checkpoint.safetensors").exists()  # other settings
+    assert (shared / "notes.txt").read_text() == "mine"

@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "summary_json", None):  # refused now, not after the stage has done its work
             _check_summary_path(Path(args.summary_json))
+        ckpt = getattr(args, "checkpoint_dir", None)
+        if ckpt and Path(ckpt).exists() and not Path(ckpt).is_dir():
+            raise ConfigError(f"--checkpoint-dir {ckpt} is a file, not a directory")
         return args.func(args)
     except Exception as err:  # noqa: BLE001 - every stage failure ends in one named line, not a stack trace
         # (-v logs the traceback)
