@@ -49,8 +49,8 @@ class CommonConfig:
             raise ConfigError(f"common.seed must be in [0, 2**32 - 1], got {self.seed}")
         if not 1 <= self.num_threads <= 256:
             raise ConfigError(f"common.num_threads must be in [1, 256], got {self.num_threads}")
-        if not 1 <= self.chunk_len <= 64:
-            raise ConfigError(f"common.chunk_len must be in [1, 64], got {self.chunk_len}")
+        if self.chunk_len < 1:
+            raise ConfigError(f"common.chunk_len must be >= 1, got {self.chunk_len}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"common.device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
