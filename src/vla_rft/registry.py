@@ -128,6 +128,8 @@ def decide_and_promote(pcfg: PromoteConfig, registry: str, candidate_uri: str, m
         decision.update(promoted=True, version=version, uri=version_uri)
     elif "champion_reevaluated" in decision:  # the champion stays, scored on the episodes now in use
         storage.write_json(storage.join_uri(registry, CHAMPION), champion)
+    if "champion_reevaluated" in decision:
+        decision["reason"] += "; the champion was re-evaluated on these episodes"
     outcome = "promoted" if decision["promoted"] else "kept"
     storage.write_json(storage.join_uri(registry, "decisions", f"{now}-{outcome}-{uuid.uuid4().hex[:8]}.json"), decision)
     return decision
