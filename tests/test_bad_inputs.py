@@ -129,3 +129,15 @@ def test_bad_input_is_one_named_error_line_before_any_work(index, fake, capsys, 
     assert "Traceback" not in err
     assert not (fake / "out").exists(), "a refused command wrote its output"
     assert (fake / "user" / "notes.txt").read_text() == "mine"
+
+
+def test_an_expert_that_never_succeeds_is_a_named_error(tmp_path, capsys, monkeypatch):
+    """One episode of one step: the expert cannot succeed; the error names the setting to change."""
+    monkeypatch.chdir(ROOT)
+    rc = cli.main(["prepare-data", "--profile", "quick", "--out", str(tmp_path / "ds"), "--set", "sim.tasks=[push]",
+                   "--set", "prepare_data.episodes_per_task=1", "--set", "sim.max_episode_steps=1",
+                   "--set", "sim.num_workers=0"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("INFO", "DEBUG"))]
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("vla-rft prepare-data: error (StageError): the scripted expert succeeded in none"), err
+    assert "sim.max_episode_steps=1" in err[0] and not (tmp_path / "ds").exists()

@@ -132,3 +132,18 @@ def test_promote_refuses_an_evaluation_of_another_policy(cfg, tmp_path):
         stages.promote(cfg, other, evaluation, registry=registry)
     assert storage.read_json(f"{registry}/champion.json") is None
     assert stages.promote(cfg, str(tmp_path / "policy-good-artifact"), evaluation, registry=registry)["promoted"]
+
+
+def test_a_full_disk_is_one_named_line(cfg, tmp_path, capsys, monkeypatch):
+    """ENOSPC (the kernel's /dev/full) while the CLI writes: one line naming the cause, exit 2."""
+    from pathlib import Path
+
+    from vla_rft import cli
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    policy = _policy(tmp_path, "a", b"A")
+    rc = cli.main(["promote", "--profile", "quick", "--policy", policy, "--evaluation", _evaluation(tmp_path, "a", 0.5),
+                   "--registry", str(tmp_path / "registry"), "--summary-json", "/dev/full"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("INFO", "DEBUG"))]
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("vla-rft promote: error (OSError): no space left on device"), err
