@@ -264,7 +264,7 @@ def test_a_failing_stage_is_named_with_its_own_error(tmp_path):
                   "--set", "sim.tasks=[reach]", "--set", "prepare_data.episodes_per_task=1",
                   "--set", "sim.max_episode_steps=1", "--set", "sim.num_workers=0")
     line = _one_error_line(result, "run", "StageFailedError")
-    assert "stage prepare-data failed: RuntimeError: the expert succeeded in no episode" in line
+    assert "stage prepare-data failed: vla_rft.errors.StageError: the scripted expert succeeded in none" in line
     (log,) = (tmp_path / "kfp").glob("*/pipeline.log")
     assert f"full log: {log}" in line
     assert "Traceback" in log.read_text() and "Traceback" not in result.stdout

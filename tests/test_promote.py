@@ -7,12 +7,14 @@ import pytest
 from s3server import raw_client, s3_env, s3_server  # noqa: F401 - fixtures
 from vla_rft import stages, storage
 from vla_rft.config import load_config
+from vla_rft.registry import content_hash
 
 TASKS = ["push", "drawer-open"]
 
 
-def _evaluation(tmp_path, name, score, episodes=20):
-    """A real evaluation artifact (metrics.json in the evaluate stage's schema) scoring ``score``."""
+def _evaluation(tmp_path, name, score, episodes=20, evaluated=None):
+    """A real evaluation artifact (metrics.json in the evaluate stage's schema) scoring ``score``,
+    recording (as the evaluate stage does) that it evaluated policy ``name`` (or ``evaluated``) as 'rft'."""
     metrics = {
         "schema_version": 1, "tasks": TASKS, "suites": [{"name": "nominal", "kind": "none", "magnitude_cm": 0.0}],
         "policies": {"rft": {"episodes_per_task": episodes, "max_episode_steps": 150,
@@ -22,7 +24,9 @@ def _evaluation(tmp_path, name, score, episodes=20):
     src.mkdir()
     (src / "metrics.json").write_text(json.dumps(metrics))
     uri = str(tmp_path / f"eval-{name}-artifact")
-    storage.write_artifact(src, uri, kind="evaluation", config={})
+    policy_uri = str(tmp_path / f"policy-{evaluated or name}-artifact")
+    record = {"rft": {"uri": policy_uri, "content_sha256": content_hash(storage.read_manifest(policy_uri))}}
+    storage.write_artifact(src, uri, kind="evaluation", config={"evaluated": record})
     return uri
 
 
@@ -81,7 +85,7 @@ def test_partial_candidate_never_becomes_champion(cfg, tmp_path):
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
     with pytest.raises(storage.ArtifactNotFoundError):
-        stages.promote(cfg, str(partial), _evaluation(tmp_path, "p", 0.99), registry=registry)
+        stages.promote(cfg, str(partial), _evaluation(tmp_path, "p", 0.99, evaluated="a"), registry=registry)
     # a candidate whose file was corrupted after it was written
     good = _policy(tmp_path, "x", b"X" * 10)
     (tmp_path / "policy-x-artifact" / "model.safetensors").write_bytes(b"Y" * 10)
@@ -114,3 +118,32 @@ def test_concurrent_promotions_into_a_local_registry_are_serialised(cfg, tmp_pat
     for d in decisions:  # each promotion beat the champion it saw
         if d["promoted"] and d["champion"] is not None:
             assert d["candidate_score"] > d["champion"]["score"]
+
+
+def test_promote_refuses_an_evaluation_of_another_policy(cfg, tmp_path):
+    """`promote --policy X --evaluation E` where E evaluated Y: refused, nothing promoted."""
+    from vla_rft.errors import CompatibilityError
+
+    registry = str(tmp_path / "registry")
+    _policy(tmp_path, "good", b"G" * 10)
+    other = _policy(tmp_path, "other", b"O" * 10)
+    evaluation = _evaluation(tmp_path, "good", 0.9)  # evaluated the 'good' policy
+    with pytest.raises(CompatibilityError, match="not the candidate"):
+        stages.promote(cfg, other, evaluation, registry=registry)
+    assert storage.read_json(f"{registry}/champion.json") is None
+    assert stages.promote(cfg, str(tmp_path / "policy-good-artifact"), evaluation, registry=registry)["promoted"]
+
+
+def test_a_full_disk_is_one_named_line(cfg, tmp_path, capsys, monkeypatch):
+    """ENOSPC (the kernel's /dev/full) while the CLI writes: one line naming the cause, exit 2."""
+    from pathlib import Path
+
+    from vla_rft import cli
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    policy = _policy(tmp_path, "a", b"A")
+    rc = cli.main(["promote", "--profile", "quick", "--policy", policy, "--evaluation", _evaluation(tmp_path, "a", 0.5),
+                   "--registry", str(tmp_path / "registry"), "--summary-json", "/dev/full"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("INFO", "DEBUG"))]
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("vla-rft promote: error (OSError): no space left on device"), err

@@ -167,3 +167,96 @@ def test_a_known_secret_appears_nowhere(tiny_dataset, s3_env, tmp_path):  # noqa
     assert any(name.endswith("meta.json") for name in texts)
     for name, text in texts.items():
         assert SECRET_KEY not in text and ACCESS_KEY not in text, f"the secret leaked into {name}"
+
+
+def test_restart_in_a_shared_checkpoint_dir_deletes_only_that_stages_files(tmp_path):
+    """`--restart` or new settings with a user-given --checkpoint-dir: the user's files and other stages'
+    checkpoints in that directory survive; only the stage's own checkpoint is discarded."""
+    from vla_rft.checkpointing import prepare_checkpoint_dir
+
+    shared = tmp_path / "ckpts"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine")
+    for stage in ("policy", "world_model"):
+        ckpt, resume = prepare_checkpoint_dir(str(tmp_path / stage), stage, {"lr": 1}, shared, restart=False)
+        assert ckpt == shared and not resume
+        (ckpt / f"{stage}_checkpoint.safetensors").write_bytes(b"step 5")
+    assert prepare_checkpoint_dir(str(tmp_path / "policy"), "policy", {"lr": 1}, shared, restart=False)[1]
+
+    _, resume = prepare_checkpoint_dir(str(tmp_path / "policy"), "policy", {"lr": 1}, shared, restart=True)
+    assert not resume and not (shared / "policy_checkpoint.safetensors").exists()
+    assert (shared / "notes.txt").read_text() == "mine"
+    assert (shared / "world_model_checkpoint.safetensors").read_bytes() == b"step 5"
+    assert prepare_checkpoint_dir(str(tmp_path / "wm"), "world_model", {"lr": 1}, shared, restart=False)[1]
+
+    _, resume = prepare_checkpoint_dir(str(tmp_path / "wm"), "world_model", {"lr": 2}, shared, restart=False)
+    assert not resume and not (shared / "world_model_checkpoint.safetensors").exists()  # other settings
+    assert (shared / "notes.txt").read_text() == "mine"
+
+
+def _permuted_policy(src: Path, dst: Path, instructions=None) -> str:
+    """A copy of a policy artifact with its instruction table in reverse order (the same function of text),
+    or with ``instructions`` replaced."""
+    from safetensors.torch import load_file, save_file
+
+    from vla_rft import storage
+
+    work = dst.with_name(dst.name + "-src")
+    work.mkdir()
+    meta = json.loads((src / "config.json").read_text())
+    state = load_file(str(src / "model.safetensors"))
+    if instructions is None:
+        meta["instructions"] = meta["instructions"][::-1]
+        state["instruction_embeddings"] = state["instruction_embeddings"].flip(0).contiguous()
+    else:
+        meta["instructions"] = instructions
+    (work / "config.json").write_text(json.dumps(meta))
+    save_file(state, str(work / "model.safetensors"), metadata={"format": "pt", "model_type": "vla_rft_policy"})
+    storage.write_artifact(work, str(dst), kind="policy", config={})
+    return str(dst)
+
+
+def test_rft_maps_tasks_by_instruction_when_policy_and_dataset_order_differ(cli_models, tmp_path):
+    """The same policy with its task table reversed trains exactly like the original: every start
+    gets its own instruction; a policy that does not know the dataset's tasks is refused before any step."""
+    from vla_rft import stages
+    from vla_rft.config import load_config
+    from vla_rft.errors import CompatibilityError
+
+    cfg = load_config(ROOT / "params.yaml", "quick", [*TINY_RFT, "rft.steps=2"])
+    args = (cli_models["dataset"], str(cli_models["wm"]))
+    reversed_policy = _permuted_policy(cli_models["bc"], tmp_path / "reversed")
+    a = stages.rft(cfg, *args, str(cli_models["bc"]), str(tmp_path / "a"), verify=False, progress=False)
+    b = stages.rft(cfg, *args, reversed_policy, str(tmp_path / "b"), verify=False, progress=False)
+    curves = [json.loads((tmp_path / n / "curves.json").read_text()) for n in ("a", "b")]
+    assert [r["reward_mean"] for r in curves[0]] == [r["reward_mean"] for r in curves[1]]
+    assert [r["loss"] for r in curves[0]] == [r["loss"] for r in curves[1]]
+
+    stranger = _permuted_policy(cli_models["bc"], tmp_path / "stranger", ["fly to the moon", "sing a song"])
+    with pytest.raises(CompatibilityError, match="not trained on"):
+        stages.rft(cfg, *args, stranger, str(tmp_path / "c"), verify=False, progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_champion_from_other_episodes_is_re_evaluated_on_the_challengers(cli_models, tmp_path):
+    """Champion scored on 1 episode per task, challenger on 2: the gate re-runs the champion on the
+    challenger's episodes and decides on that evidence (the same weights score the same)."""
+    from vla_rft import stages
+    from vla_rft.config import load_config
+
+    registry = str(tmp_path / "registry")
+    small = ["sim.tasks=[push, drawer-open]", "sim.num_workers=0", "evaluate.num_workers=0",
+             "evaluate.suites=[nominal]", "evaluate.max_episode_steps=16", "evaluate.plots=false",
+             "evaluate.gifs_per_task=0", "common.num_threads=1"]
+    policy = str(cli_models["bc"])
+    first = load_config(ROOT / "params.yaml", "quick", [*small, "evaluate.episodes_per_task=1"])
+    second = load_config(ROOT / "params.yaml", "quick", [*small, "evaluate.episodes_per_task=2"])
+    for cfg, name in ((first, "e1"), (second, "e2")):
+        stages.evaluate(cfg, {"rft": policy}, str(tmp_path / name), expert=False, progress=False)
+    assert stages.promote(first, policy, str(tmp_path / "e1"), registry=registry)["promoted"]
+    decision = stages.promote(second, policy, str(tmp_path / "e2"), registry=registry)
+    assert "not comparable" not in decision["reason"]
+    assert "champion_reevaluated" in decision and not decision["promoted"]  # the same weights do not beat themselves
+    assert decision["champion_reevaluated"]["score"] == decision["candidate_score"]
+    champion = json.loads((tmp_path / "registry" / "champion.json").read_text())
+    assert champion["fingerprint"]["episodes_per_task"] == 2  # scored on the episodes now in use

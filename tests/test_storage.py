@@ -267,21 +267,21 @@ def test_s3_overwrite_replaces_and_cleans_stale(s3_env, tmp_path):
     prefix = storage.parse_s3_uri(uri)[1]
     keys = sorted(o.object_name for o in raw_client(s3_env.endpoint).list_objects(
         s3_env.bucket, prefix=prefix + "/", recursive=True))
-    assert keys == [f"{prefix}/meta.json", f"{prefix}/only.txt"]
+    assert keys == [f"{prefix}/{manifest['data_prefix']}/only.txt", f"{prefix}/meta.json"]
 
 
 def test_s3_tampered_and_missing_object(s3_env, tmp_path):
     make_tree(tmp_path / "src")
     uri = s3_uri(s3_env)
-    write_artifact(tmp_path / "src", uri, kind="k", config={})
-    prefix = storage.parse_s3_uri(uri)[1]
+    data_prefix = write_artifact(tmp_path / "src", uri, kind="k", config={})["data_prefix"]
+    prefix = storage.parse_s3_uri(uri)[1] + "/" + data_prefix
     client = raw_client(s3_env.endpoint)
     evil = bytes(range(256)) * 8
     evil = b"\xff" + evil[1:]  # same size, first byte changed
     client.put_object(s3_env.bucket, f"{prefix}/weights.bin", io.BytesIO(evil), len(evil))
     with pytest.raises(ArtifactIntegrityError, match="weights.bin"):
         read_artifact(uri, cache_dir=tmp_path / "cache")
-    assert not (tmp_path / "cache" / s3_env.bucket / prefix).exists()  # nothing half-verified left behind
+    assert not (tmp_path / "cache" / s3_env.bucket / storage.parse_s3_uri(uri)[1]).exists()  # nothing half-verified left behind
 
     client.remove_object(s3_env.bucket, f"{prefix}/weights.bin")
     with pytest.raises(ArtifactIntegrityError, match="weights.bin.*missing"):
@@ -436,3 +436,116 @@ def test_s3_endpoint_stops_midway(monkeypatch, tmp_path):
     assert f"127.0.0.1:{port}" in str(errors[0])
     assert time.monotonic() - stopped < 10
 
+
+
+# ------------------------------------------------- never write over what we did not write
+
+
+def test_s3_out_that_is_the_parent_prefix_of_an_artifact_is_refused(s3_env, tmp_path):
+    """`--out s3://b/cli` while s3://b/cli/dataset exists: refused, with or without overwrite; nothing deleted."""
+    make_tree(tmp_path / "src")
+    inner = s3_uri(s3_env, "cli/dataset")
+    write_artifact(tmp_path / "src", inner, kind="dataset", config={})
+    parent = inner.rsplit("/", 1)[0]
+    for overwrite in (False, True):
+        with pytest.raises(storage.ArtifactDestinationError, match="not part of an artifact of ours"):
+            write_artifact(tmp_path / "src", parent, kind="k", config={}, overwrite=overwrite)
+        with pytest.raises(storage.ArtifactDestinationError):
+            storage.check_destination(parent, overwrite=overwrite)
+    assert read_artifact(inner, expected_kind="dataset", cache_dir=tmp_path / "c")[1]["kind"] == "dataset"
+    assert not artifact_exists(parent)
+
+
+def test_s3_prefix_of_foreign_objects_is_refused_even_with_overwrite(s3_env, tmp_path):
+    make_tree(tmp_path / "src")
+    uri = s3_uri(s3_env)
+    bucket, prefix = storage.parse_s3_uri(uri)
+    raw_client(s3_env.endpoint).put_object(bucket, f"{prefix}/notes.txt", io.BytesIO(b"mine"), 4)
+    with pytest.raises(storage.ArtifactDestinationError, match="notes.txt"):
+        write_artifact(tmp_path / "src", uri, kind="k", config={}, overwrite=True)
+    assert raw_client(s3_env.endpoint).get_object(bucket, f"{prefix}/notes.txt").read() == b"mine"
+
+
+def test_s3_overwrite_killed_midway_keeps_the_old_artifact(s3_env, tmp_path):
+    """Killed while uploading the new version: the old artifact still verifies, then a re-run completes."""
+    make_tree(tmp_path / "old")
+    uri = s3_uri(s3_env)
+    write_artifact(tmp_path / "old", uri, kind="old", config={})
+    src = make_many(tmp_path / "src", 400, 256)
+    bucket, prefix = storage.parse_s3_uri(uri)
+    client = raw_client(s3_env.endpoint)
+    before = {o.object_name for o in client.list_objects(bucket, prefix=prefix + "/", recursive=True)}
+    run_writer_and_kill(src, uri, lambda: len(list(client.list_objects(bucket, prefix=prefix + "/",
+                                                                       recursive=True))) > len(before) + 3)
+    root, manifest = read_artifact(uri, expected_kind="old", cache_dir=tmp_path / "c")
+    assert (root / "weights.bin").read_bytes() == bytes(range(256)) * 8
+    # the same overwrite again completes and cleans up the old version and the interrupted one
+    manifest = write_artifact(src, uri, kind="big", config={}, overwrite=True)
+    keys = {o.object_name for o in client.list_objects(bucket, prefix=prefix + "/", recursive=True)}
+    assert keys == {f"{prefix}/meta.json"} | {f"{prefix}/{manifest['data_prefix']}/{rel}" for rel in manifest["files"]}
+    assert read_artifact(uri, expected_kind="big", cache_dir=tmp_path / "c2")[1] == manifest
+
+
+def test_local_overwrite_of_a_directory_that_is_not_an_artifact_is_refused(tmp_path):
+    make_tree(tmp_path / "src")
+    mine = tmp_path / "my-files"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(storage.ArtifactDestinationError, match="not an artifact of ours"):
+        write_artifact(tmp_path / "src", str(mine), kind="k", config={}, overwrite=True)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # a directory holding another artifact, and an artifact with a foreign file in it: refused too
+    write_artifact(tmp_path / "src", str(mine / "dataset"), kind="k", config={})
+    (mine / "thesis.tex").unlink()
+    with pytest.raises(storage.ArtifactDestinationError):
+        write_artifact(tmp_path / "src", str(mine), kind="k", config={}, overwrite=True)
+    (mine / "dataset" / "extra.txt").write_text("x")
+    with pytest.raises(storage.ArtifactDestinationError, match="extra.txt"):
+        write_artifact(tmp_path / "src", str(mine / "dataset"), kind="k", config={}, overwrite=True)
+    (mine / "dataset" / "extra.txt").unlink()
+    write_artifact(tmp_path / "src", str(mine / "dataset"), kind="k2", config={}, overwrite=True)  # ours: replaced
+    assert read_manifest(str(mine / "dataset"))["kind"] == "k2"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(storage.ArtifactDestinationError, match="not an artifact directory"):
+        storage.check_destination(str(tmp_path / "file"), overwrite=True)
+    (tmp_path / "empty").mkdir()
+    write_artifact(tmp_path / "src", str(tmp_path / "empty"), kind="k", config={})  # an empty directory is free
+
+
+def test_a_hanging_s3_endpoint_fails_within_its_bound(monkeypatch, tmp_path):
+    """A server on loopback that accepts and never answers: a named error within VLA_RFT_S3_TIMEOUT."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_ignore() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept_and_ignore, daemon=True)
+    thread.start()
+    try:
+        set_env(monkeypatch, f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv(storage.TIMEOUT_ENV, "2")
+        start = time.monotonic()
+        with pytest.raises(StorageUnreachableError, match="bounded to 2 s.*VLA_RFT_S3_TIMEOUT"):
+            artifact_exists("s3://bucket/x")
+        assert time.monotonic() - start < 3.0
+        assert accepted, "the client never connected"
+        monkeypatch.setenv(storage.TIMEOUT_ENV, "nan")
+        with pytest.raises(StorageConfigError, match="VLA_RFT_S3_TIMEOUT"):
+            artifact_exists("s3://bucket/x")
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for conn in accepted:
+            conn.close()
+        server.close()

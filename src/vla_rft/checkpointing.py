@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +103,35 @@ def checkpoint_dir_for(out_uri: str, stage: str, explicit: str | Path | None = N
     return out.with_name(out.name + ".ckpt")
 
 
+def checkpoint_files(ckpt_dir: Path, stage: str) -> list[Path]:
+    """The files a stage writes into its checkpoint directory (its checkpoint, temp files, its marker)."""
+    ckpt_dir = Path(ckpt_dir)
+    name = f"{stage}_checkpoint.safetensors"
+    return [ckpt_dir / name, *ckpt_dir.glob(f".{name}.tmp-*"), ckpt_dir / f"{stage}.fingerprint"]
+
+
 def prepare_checkpoint_dir(out_uri: str, stage: str, settings: dict, explicit: str | Path | None,
                            restart: bool) -> tuple[Path, bool]:
-    """The stage's checkpoint directory and whether to resume from it (a checkpoint of the same settings)."""
+    """The stage's checkpoint directory and whether to resume from it (a checkpoint of the same settings).
+
+    Only this stage's own files (``<stage>_checkpoint.safetensors`` and ``<stage>.fingerprint``) are
+    ever deleted (on ``restart`` or a settings change): a ``--checkpoint-dir`` may hold the user's
+    files or another stage's checkpoints.
+    """
     ckpt_dir = checkpoint_dir_for(out_uri, stage, explicit)
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        from vla_rft.errors import ConfigError
+
+        raise ConfigError(f"checkpoint directory {ckpt_dir} is a file, not a directory")
     fingerprint = settings_fingerprint(settings)
-    marker = ckpt_dir / "config.fingerprint"
-    if restart and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    if ckpt_dir.exists() and marker.exists() and marker.read_text().strip() != fingerprint:
-        shutil.rmtree(ckpt_dir)  # checkpoints of another configuration are not ours to resume
+    checkpoint, *_, marker = checkpoint_files(ckpt_dir, stage)
+    stale = marker.exists() and marker.read_text().strip() != fingerprint  # another configuration's
+    if restart or stale or not marker.exists():
+        for path in checkpoint_files(ckpt_dir, stage):
+            path.unlink(missing_ok=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resumable = marker.exists() and any(p.name != marker.name for p in ckpt_dir.iterdir())
-    marker.write_text(fingerprint)
+    resumable = marker.exists() and checkpoint.exists()
+    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
+    tmp.write_text(fingerprint)
+    os.replace(tmp, marker)
     return ckpt_dir, resumable

@@ -97,13 +97,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
     cfg = load_config(args.params, args.profile, args.overrides)
+    from vla_rft.evaluation.configuration import check_policy_name
+
     policies = {}
     for item in args.policy:
         name, sep, uri = item.partition("=")
         if not sep or not name or not uri:
-            print(f"vla-rft evaluate: error: --policy takes NAME=URI, got {item!r}", file=sys.stderr)
-            return 2
-        policies[name] = uri
+            raise ConfigError(f"--policy takes NAME=URI, got {item!r}")
+        if name in policies:
+            raise ConfigError(f"--policy {name!r} is given twice; every evaluated policy needs its own name")
+        policies[check_policy_name(name)] = uri
     s = stages.evaluate(cfg, policies, args.out, world_model_uri=args.world_model, overwrite=args.overwrite)
     for name, entry in s["metrics"]["policies"].items():
         overall = entry["overall"]
@@ -145,6 +148,16 @@ def _cmd_import_lerobot(args: argparse.Namespace) -> int:
           f"{s['frames']} frames, tasks {', '.join(s['tasks'])}, camera {notes['camera']}, split "
           f"{notes['split']}{extra}, {s['seconds']:.1f} s -> {s['uri']}")
     return _write_summary(args, s)
+
+
+def _check_summary_path(path: Path) -> None:
+    import os
+
+    if path.is_dir():
+        raise ConfigError(f"--summary-json {path} is a directory; give a file path")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--summary-json {path}: {parent} is not a writable directory")
 
 
 def _write_summary(args: argparse.Namespace, summary: dict) -> int:
@@ -319,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line, with a hint where the cause is the environment."""
+    import errno
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        text = (f"no space left on device{where}: free space there or point --out / TMPDIR elsewhere; "
+                "nothing incomplete was published")
+    elif isinstance(err, MemoryError):
+        text = "out of memory: use a smaller profile or fewer sim.num_workers"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -333,14 +360,23 @@ def main(argv: list[str] | None = None) -> int:
             print("vla-rft: no params.yaml in this directory: using the defaults shipped with the package "
                   "(`vla-rft params > params.yaml` writes them out to edit)", file=sys.stderr)
         args.params = str(params_path())
+    from vla_rft.errors import CompatibilityError, StageError
 
+    expected = (ConfigError, CompatibilityError, DatasetValidationError, storage.StorageError, StageError,
+                ValueError, OSError, MemoryError)
     try:
+        if getattr(args, "summary_json", None):  # refused now, not after the stage has done its work
+            _check_summary_path(Path(args.summary_json))
+        ckpt = getattr(args, "checkpoint_dir", None)
+        if ckpt and Path(ckpt).exists() and not Path(ckpt).is_dir():
+            raise ConfigError(f"--checkpoint-dir {ckpt} is a file, not a directory")
         return args.func(args)
-    except (ConfigError, DatasetValidationError, storage.StorageError, ValueError, OSError) as err:
-        # a named error and a non-zero exit, not a stack trace (-v shows it)
+    except Exception as err:  # noqa: BLE001 - every stage failure ends in one named line, not a stack trace
+        # (-v logs the traceback)
         log.debug("traceback", exc_info=True)
         name = type(err).__name__
-        print(f"vla-rft {args.command}: error ({name}): {err}", file=sys.stderr)
+        hint = "" if isinstance(err, expected) else " (unexpected; run with -v for the traceback)"
+        print(f"vla-rft {args.command}: error ({name}): {_one_line(err)}{hint}", file=sys.stderr)
         return 2
 
 

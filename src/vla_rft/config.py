@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +45,10 @@ class CommonConfig:
     num_threads: int = 2  #: torch intra-op threads on CPU
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:  # numpy's and torch's seeding range
+            raise ConfigError(f"common.seed must be in [0, 2**32 - 1], got {self.seed}")
+        if not 1 <= self.num_threads <= 256:
+            raise ConfigError(f"common.num_threads must be in [1, 256], got {self.num_threads}")
         if self.chunk_len < 1:
             raise ConfigError(f"common.chunk_len must be >= 1, got {self.chunk_len}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -151,6 +157,17 @@ class Config:
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config) if f.name != "profile")
 
 
+_NUMBER_LIKE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _yaml_float_hint(text: str) -> str:
+    """``1e-3`` -> ``1.0e-3``: the spelling YAML 1.1 (PyYAML) reads as a float."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return f"{mantissa}e{exponent}" if exponent else mantissa
+
+
 def _check_value(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` converted to ``tp`` where that is lossless, else raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -193,12 +210,19 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be true or false, got {type(value).__name__} ({value!r})")
         return value
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+            raise ConfigError(f"{key} must be an integer, got {value!r}; write it without a dot: {int(value)}")
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {type(value).__name__} ({value!r})")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER_LIKE.fullmatch(value.strip()):
+            raise ConfigError(f"{key} must be a number, got the string {value!r}: YAML reads exponents without a "
+                              f"dot as text; write it as {_yaml_float_hint(value)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {type(value).__name__} ({value!r})")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -247,7 +271,11 @@ def parse_override(text: str) -> dict[str, Any]:
     parts = [p for p in dotted.strip().split(".") if p]
     if len(parts) < 2:
         raise ConfigError(f"override {text!r} must name a section and a key, e.g. sim.image_size=64")
-    value: Any = yaml.safe_load(raw)
+    try:
+        value: Any = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        why = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({why})") from None
     for part in reversed(parts):
         value = {part: value}
     return value
@@ -263,9 +291,20 @@ def config_from_dict(raw: dict[str, Any], profile: str | None = None, overrides:
     name = profile or default_profile
     if not isinstance(profiles, dict):
         raise ConfigError("'profiles' must be a mapping of profile name -> partial sections")
+    if not isinstance(name, str):
+        raise ConfigError(f"profile must be a name, got {name!r}")
     if profiles and name not in profiles:
-        raise ConfigError(f"unknown profile {name!r}; allowed profiles: {', '.join(profiles)}")
-    merged = deep_merge(raw, profiles.get(name, {}) or {})
+        raise ConfigError(f"unknown profile {name!r}; allowed profiles: {', '.join(map(str, profiles))}")
+    chosen = profiles.get(name, {}) or {}
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"profiles.{name} must be a mapping of partial sections, got {type(chosen).__name__}")
+    for section, value in {**raw, **chosen}.items():
+        if not isinstance(section, str):
+            raise ConfigError(f"params: section names must be text, got {section!r}")
+        if section in SECTIONS and value is not None and not isinstance(value, dict):
+            where = f"profiles.{name}.{section}" if section in chosen else section
+            raise ConfigError(f"{where} must be a mapping of keys, got {type(value).__name__} ({value!r})")
+    merged = deep_merge(raw, chosen)
     for text in overrides or []:
         merged = deep_merge(merged, parse_override(text))
     for section in merged:

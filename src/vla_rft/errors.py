@@ -9,3 +9,7 @@ class ConfigError(ValueError):
 
 class CompatibilityError(ValueError):
     """Artifacts that must fit together do not (image size, chunk length, action dimension, tasks)."""
+
+
+class StageError(RuntimeError):
+    """A stage cannot do its work with these inputs in this environment (simulator, expert, disk)."""

@@ -19,7 +19,9 @@ import json
 import shutil
 import tempfile
 import time
+import hashlib
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,11 @@ from vla_rft import storage
 from vla_rft.config import PromoteConfig
 
 CHAMPION = "champion.json"
+
+
+def content_hash(manifest: dict[str, Any]) -> str:
+    """sha256 of an artifact's file list (names, sizes, hashes): equal for every verified copy of it."""
+    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
 
 
 def evaluation_fingerprint(metrics: dict[str, Any], policy: str) -> dict[str, Any]:
@@ -68,15 +75,24 @@ def registry_lock(registry: str):
 
 
 def decide_and_promote(pcfg: PromoteConfig, registry: str, candidate_uri: str, metrics: dict, score: float,
-                       fingerprint: dict, force: bool) -> dict[str, Any]:
+                       fingerprint: dict, force: bool,
+                       reevaluate: Callable[[str], tuple[float, dict]] | None = None) -> dict[str, Any]:
     """Compare the candidate with the champion, switch the champion if it wins, record the decision.
 
+    When the champion's score comes from other episodes (another profile, suite or task list),
+    ``reevaluate(champion_uri) -> (score, fingerprint)`` scores it on the candidate's episodes first,
+    so the gate decides on evidence; without it such a champion is kept as "not comparable".
     Call under :func:`registry_lock` so that reading the champion and switching it are one step.
     """
     champion = read_champion(registry)
     now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     decision: dict[str, Any] = {"time": now, "candidate": candidate_uri, "metric": pcfg.metric,
                                 "candidate_score": score, "champion": champion, "promoted": False}
+    if not force and champion is not None and champion.get("fingerprint") != fingerprint and reevaluate:
+        champ_score, champ_fingerprint = reevaluate(champion["uri"])
+        if champ_fingerprint == fingerprint and champ_score is not None:
+            champion = {**champion, "score": champ_score, "fingerprint": fingerprint, "reevaluated_at": now}
+            decision["champion_reevaluated"] = {"score": champ_score, "fingerprint": fingerprint}
     promote_it = True
     if force:
         decision["reason"] = "forced"
@@ -85,7 +101,7 @@ def decide_and_promote(pcfg: PromoteConfig, registry: str, candidate_uri: str, m
     elif champion.get("fingerprint") != fingerprint:
         promote_it = False
         decision["reason"] = ("the champion was evaluated on other tasks/suites/episodes; not comparable "
-                              "(re-evaluate it, or promote with force)")
+                              "(its evaluation settings are unknown to re-evaluate it; promote with force)")
     elif score <= champion["score"] + pcfg.min_improvement:
         promote_it = False
         decision["reason"] = (f"candidate {pcfg.metric} success {score:.3f} does not beat the champion's "
@@ -110,6 +126,10 @@ def decide_and_promote(pcfg: PromoteConfig, registry: str, candidate_uri: str, m
             "previous": champion and champion.get("version"),
         })
         decision.update(promoted=True, version=version, uri=version_uri)
+    elif "champion_reevaluated" in decision:  # the champion stays, scored on the episodes now in use
+        storage.write_json(storage.join_uri(registry, CHAMPION), champion)
+    if "champion_reevaluated" in decision:
+        decision["reason"] += "; the champion was re-evaluated on these episodes"
     outcome = "promoted" if decision["promoted"] else "kept"
     storage.write_json(storage.join_uri(registry, "decisions", f"{now}-{outcome}-{uuid.uuid4().hex[:8]}.json"), decision)
     return decision

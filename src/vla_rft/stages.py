@@ -26,6 +26,17 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _check_renderer() -> None:
+    """Refuse an offscreen-rendering setting MuJoCo cannot use, before a simulator process starts."""
+    import os
+
+    from vla_rft.errors import StageError
+
+    value = os.environ.get("MUJOCO_GL", "osmesa")
+    if value not in ("osmesa", "egl", "glfw"):
+        raise StageError(f"MUJOCO_GL={value!r} is not a MuJoCo rendering backend; use osmesa (CPU), egl or glfw")
+
+
 def _progress(total: int, desc: str, enabled: bool):
     import sys
 
@@ -48,8 +59,8 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
 
     start = time.time()
     pcfg, scfg = cfg.prepare_data, cfg.sim
-    if not overwrite and storage.artifact_exists(out_uri):
-        raise storage.ArtifactExistsError(f"dataset {out_uri} already exists; pass --overwrite to replace it")
+    storage.check_destination(out_uri, overwrite=overwrite)  # before recording a single episode
+    _check_renderer()
     rng = np.random.default_rng([cfg.common.seed, 1])
     specs, noise = [], []
     for task in scfg.tasks:
@@ -73,7 +84,11 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
         if rec.success or pcfg.keep_failed:
             kept.append((scfg.tasks.index(rec.spec.task), rec))
     if not kept:
-        raise RuntimeError("the expert succeeded in no episode: nothing to write (check the task suite)")
+        from vla_rft.errors import StageError
+
+        raise StageError(f"the scripted expert succeeded in none of {len(records)} episodes within "
+                         f"sim.max_episode_steps={scfg.max_episode_steps}: nothing to write (raise "
+                         "sim.max_episode_steps, lower prepare_data.action_noise, or set prepare_data.keep_failed)")
 
     splits = split_by_episode([t for t, _ in kept], pcfg.val_fraction, np.random.default_rng([cfg.common.seed, 2]))
 
@@ -143,8 +158,11 @@ def _dataset_and_checkpoints(cfg: Config, section: str, dataset_uri: str, out_ur
 
 
 def _refuse_existing(out_uri: str, what: str, overwrite: bool) -> None:
-    if not overwrite and storage.artifact_exists(out_uri):
-        raise storage.ArtifactExistsError(f"{what} {out_uri} already exists; pass --overwrite to replace it")
+    """Refuse an output location that cannot take the artifact before any work (see storage.check_destination)."""
+    try:
+        storage.check_destination(out_uri, overwrite=overwrite)
+    except storage.ArtifactExistsError:
+        raise storage.ArtifactExistsError(f"{what} {out_uri} already exists; pass --overwrite to replace it") from None
 
 
 def train_world_model(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: bool = False,
@@ -196,7 +214,7 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         verify: bool = True, progress: bool = True) -> dict[str, Any]:
     """GRPO with verified rewards in the world model; publishes the fine-tuned policy and its curves."""
     from vla_rft.policy.modeling import VLAPolicy
-    from vla_rft.rft.grpo import train_grpo
+    from vla_rft.rft.grpo import check_compatible, train_grpo
     from vla_rft.rft.verify import reward_fidelity
     from vla_rft.world_model.modeling import WorldModel
 
@@ -209,6 +227,7 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=cache)
         world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+        check_compatible(policy, world_model, data)  # shapes and tasks, before any imagined step
         settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
                     "inputs": [storage.read_manifest(u)["files"] for u in (dataset_uri, world_model_uri, policy_uri)]}
         ckpt, resume = prepare_checkpoint_dir(out_uri, "rft", settings, checkpoint_dir, restart)
@@ -239,9 +258,17 @@ def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.world_model.evaluate import fidelity_report_fragment
 
-    _refuse_existing(out_uri, "evaluation", overwrite)
+    from vla_rft.errors import ConfigError
+    from vla_rft.evaluation.configuration import check_policy_name
+
     if not policies:
-        raise ValueError("evaluate needs at least one --policy NAME=URI")
+        raise ConfigError("evaluate needs at least one --policy NAME=URI")
+    for name in policies:
+        check_policy_name(name)
+    _refuse_existing(out_uri, "evaluation", overwrite)
+    _check_renderer()
+    if world_model_uri:
+        storage.read_manifest(world_model_uri)  # a missing world model is refused before the episodes run
     import torch
 
     # the simulator workers use the cores; a policy forward is small, and more torch threads
@@ -250,16 +277,12 @@ def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-eval-") as tmp:
         cache = Path(tmp) / "cache"
-        acts, tasks = {}, None
+        acts, tasks, evaluated = {}, None, {}
         for name, uri in policies.items():
-            policy_dir, _ = storage.read_artifact(uri, expected_kind="policy", cache_dir=cache)
+            policy_dir, manifest = storage.read_artifact(uri, expected_kind="policy", cache_dir=cache)
+            evaluated[name] = {"uri": uri, "content_sha256": registry_mod.content_hash(manifest)}
             policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
-            instructions = [TASKS[t].instruction for t in cfg.sim.tasks]
-            missing = [t for t, i in zip(cfg.sim.tasks, instructions) if i not in policy.instructions]
-            if missing:
-                raise ValueError(f"policy {name!r} was not trained on task(s) {missing}")
-            order = [policy.instructions.index(i) for i in instructions]  # our task index -> the policy's
-            acts[name] = (lambda p, o: (lambda f, s, ti: p.act(f, s, np.asarray(o)[ti])))(policy, order)
+            acts[name] = _policy_act(policy, cfg.sim.tasks, name, uri)
             tasks = cfg.sim.tasks
         results = run_evaluation(acts, tasks, cfg.evaluate, cfg.sim, expert=expert,
                                  chunk_len=cfg.common.chunk_len, progress=progress)
@@ -278,26 +301,87 @@ def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model
                                                          indent=2))
         storage.write_artifact(out, out_uri, kind="evaluation",
                                config={"profile": cfg.profile, "evaluate": cfg.section("evaluate"),
-                                       "policies": policies}, overwrite=overwrite)
+                                       "sim": cfg.section("sim"), "chunk_len": cfg.common.chunk_len,
+                                       "policies": policies, "evaluated": evaluated}, overwrite=overwrite)
     return {"uri": out_uri, "metrics": metrics, "seconds": time.time() - start}
+
+
+def _policy_act(policy, tasks: list[str], name: str, uri: str):
+    """``act(frames, states, task_index)`` of a loaded policy over ``tasks``, mapped by instruction text."""
+    from vla_rft.errors import CompatibilityError
+
+    instructions = [TASKS[t].instruction for t in tasks]
+    missing = [t for t, i in zip(tasks, instructions) if i not in policy.instructions]
+    if missing:
+        raise CompatibilityError(f"policy {name!r} ({uri}) was not trained on task(s) {missing}; "
+                                 f"it knows {policy.instructions}")
+    order = np.asarray([policy.instructions.index(i) for i in instructions])  # our task index -> the policy's
+    return lambda frames, states, task_index: policy.act(frames, states, order[task_index])
+
+
+def _reevaluate_on(cfg: Config, eval_config: dict, policy_name: str):
+    """A function scoring a policy URI on the episodes an evaluation ran (its recorded sim/evaluate settings)."""
+    from vla_rft.config import config_from_dict
+
+    if "sim" not in eval_config or "evaluate" not in eval_config:
+        return None  # an evaluation that did not record its settings cannot be repeated
+
+    def score(uri: str) -> tuple[float | None, dict]:
+        from vla_rft.evaluation.metrics import compute_metrics
+        from vla_rft.evaluation.runner import run_evaluation
+        from vla_rft.policy.modeling import VLAPolicy
+
+        ecfg = config_from_dict({"common": {**cfg.section("common"), "chunk_len": eval_config.get("chunk_len", 8)},
+                                 "sim": eval_config["sim"], "evaluate": eval_config["evaluate"]})
+        with tempfile.TemporaryDirectory(prefix="vla-rft-reeval-") as tmp:
+            policy_dir, _ = storage.read_artifact(uri, expected_kind="policy", cache_dir=Path(tmp))
+            policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+            act = _policy_act(policy, ecfg.sim.tasks, policy_name, uri)
+            results = run_evaluation({policy_name: act}, ecfg.sim.tasks, ecfg.evaluate, ecfg.sim, expert=False,
+                                     chunk_len=ecfg.common.chunk_len, progress=False)
+        metrics = compute_metrics(results, comparisons=[], confidence=ecfg.evaluate.confidence)
+        return (metrics["policies"][policy_name]["overall"][cfg.promote.metric],
+                registry_mod.evaluation_fingerprint(metrics, policy_name))
+
+    return score
 
 
 def promote(cfg: Config, candidate_uri: str, evaluation_uri: str, *, registry: str | None = None,
             force: bool = False) -> dict[str, Any]:
     """Champion/challenger: make the candidate policy the registry's champion only if it beats it
-    on the same evaluation (:mod:`vla_rft.registry`); every decision is recorded there."""
+    on the same evaluation (:mod:`vla_rft.registry`); every decision is recorded there.
+
+    The evaluation must have evaluated this very candidate (its manifest records the content hash
+    of each policy it ran). A champion scored on other episodes is re-evaluated on the
+    evaluation's episodes first (the real simulator, one policy), so the gate decides on evidence.
+    """
+    from vla_rft.errors import CompatibilityError
+
     pcfg = cfg.promote
     registry = registry or pcfg.registry
-    eval_dir, _ = storage.read_artifact(evaluation_uri, expected_kind="evaluation")
+    eval_dir, eval_manifest = storage.read_artifact(evaluation_uri, expected_kind="evaluation")
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     if pcfg.policy not in metrics.get("policies", {}):
-        raise ValueError(f"the evaluation has no policy {pcfg.policy!r}; it has {sorted(metrics.get('policies', {}))}")
+        raise CompatibilityError(f"the evaluation {evaluation_uri} has no policy {pcfg.policy!r} (promote.policy); "
+                                 f"it has {sorted(metrics.get('policies', {}))}")
+    recorded = (eval_manifest.get("config", {}).get("evaluated") or {}).get(pcfg.policy)
+    candidate_hash = registry_mod.content_hash(storage.read_manifest(candidate_uri))
+    if not recorded:
+        raise CompatibilityError(f"the evaluation {evaluation_uri} does not record which artifact it evaluated as "
+                                 f"{pcfg.policy!r}; re-run evaluate on the candidate {candidate_uri}")
+    if recorded.get("content_sha256") != candidate_hash:
+        raise CompatibilityError(f"the evaluation {evaluation_uri} evaluated {recorded.get('uri')!r} as "
+                                 f"{pcfg.policy!r}, not the candidate {candidate_uri} (their contents differ); "
+                                 "evaluate the candidate, then promote it")
     score = metrics["policies"][pcfg.policy]["overall"][pcfg.metric]
     if score is None:
-        raise ValueError(f"the evaluation has no '{pcfg.metric}' success rate for {pcfg.policy!r}")
+        raise CompatibilityError(f"the evaluation has no '{pcfg.metric}' success rate for {pcfg.policy!r} "
+                                 "(promote.metric)")
     fingerprint = registry_mod.evaluation_fingerprint(metrics, pcfg.policy)
+    reevaluate = _reevaluate_on(cfg, eval_manifest.get("config", {}), pcfg.policy)
     with registry_mod.registry_lock(registry):  # read, decide and switch as one step when runs promote concurrently
-        return registry_mod.decide_and_promote(pcfg, registry, candidate_uri, metrics, score, fingerprint, force)
+        return registry_mod.decide_and_promote(pcfg, registry, candidate_uri, metrics, score, fingerprint, force,
+                                               reevaluate=reevaluate)
 
 
 

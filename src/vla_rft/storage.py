@@ -42,6 +42,10 @@ RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY_S = 0.2
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 30.0
+TIMEOUT_ENV = "VLA_RFT_S3_TIMEOUT"
+"""Environment variable: seconds one S3 operation may take, all its retries together."""
+DEFAULT_TIMEOUT_S = 60.0
+_DATA_PREFIX_RE = re.compile(r"\.data-[0-9a-f]{32}")
 
 _CHUNK = 1 << 20
 _AUTH_CODES = frozenset(
@@ -89,6 +93,10 @@ class ArtifactExistsError(StorageError):
 
 class ArtifactKindError(StorageError):
     """The artifact is of another kind than expected."""
+
+
+class ArtifactDestinationError(StorageError):
+    """The destination holds something that is not an artifact of ours, or cannot be written."""
 
 
 # ----------------------------------------------------------------------------- URIs
@@ -186,7 +194,9 @@ def _parse_manifest(data: bytes, uri: str) -> dict:
             parts = rel.split("/")
             ok = ok and rel != MANIFEST_NAME and all(part not in ("", ".", "..") for part in parts)
             ok = ok and isinstance(entry["sha256"], str) and isinstance(entry["size"], int)
-    except (ValueError, KeyError, TypeError):
+        data_prefix = manifest.get("data_prefix", "") if ok else ""
+        ok = ok and (data_prefix == "" or (isinstance(data_prefix, str) and bool(_DATA_PREFIX_RE.fullmatch(data_prefix))))
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise ArtifactIntegrityError(f"manifest {MANIFEST_NAME} of {uri} is malformed")
@@ -253,19 +263,56 @@ def _sibling(dest: Path, tag: str) -> Path:
     return dest.with_name(f"{dest.name}.{tag}-{uuid.uuid4().hex}")
 
 
-def _finish_dir(tmp: Path, manifest_data: bytes, dest: Path, overwrite: bool) -> None:
+def _local_destination(dest: Path, overwrite: bool) -> bool:
+    """Whether ``dest`` holds an artifact of ours (to be replaced); refuse anything else that is there.
+
+    Absent or an empty directory: free. A directory whose valid ``meta.json`` lists every file in it:
+    our artifact, replaced only with ``overwrite``. Anything else (a file, the user's own files, a
+    directory holding other artifacts) is never written over, with or without ``overwrite``.
+    """
+    for parent in dest.parents:  # the nearest existing ancestor must be a writable directory
+        if parent.exists() or parent == parent.parent:
+            if not parent.is_dir():
+                raise ArtifactDestinationError(f"cannot write {dest}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ArtifactDestinationError(f"cannot write {dest}: directory {parent} is not writable")
+            break
+    if not dest.exists() and not dest.is_symlink():
+        return False
+    if not dest.is_dir() or dest.is_symlink():
+        raise ArtifactDestinationError(f"{dest} exists and is not an artifact directory; choose another output")
+    present = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() or p.is_symlink()}
+    if not present and not any(dest.iterdir()):
+        return False
+    try:
+        manifest = _read_local_manifest(str(dest))
+    except ArtifactIntegrityError:
+        manifest = None
+    foreign = sorted(present - {MANIFEST_NAME} - set(manifest["files"])) if manifest else sorted(present)
+    if manifest is None or foreign:
+        what = f"e.g. {foreign[0]!r}" if foreign else "no files"
+        raise ArtifactDestinationError(
+            f"{dest} is not an artifact of ours ({'no valid ' + MANIFEST_NAME if manifest is None else 'files the manifest does not list'}: "
+            f"{what}); refusing to write there: --overwrite replaces only artifacts this tool wrote"
+        )
+    if not overwrite:
+        raise ArtifactExistsError(f"artifact {dest} already exists (pass overwrite=True to replace it)")
+    return True
+
+
+def _finish_dir(tmp: Path, manifest_data: bytes, dest: Path, overwrite: bool, *, replace_any: bool = False) -> None:
     """Write the manifest into ``tmp`` last, fsync the tree, then move ``tmp`` to ``dest``.
 
     With overwrite, the old ``dest`` is moved aside and deleted only once the new one is in place.
+    ``replace_any`` (our own download cache only) replaces whatever is at ``dest``.
     """
     _write_hashing([manifest_data], tmp / MANIFEST_NAME)
     for d in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):
         _fsync_dir(d)
     _fsync_dir(tmp)
-    if not dest.exists():
-        os.rename(tmp, dest)
-    elif not overwrite:
-        raise ArtifactExistsError(f"artifact {dest} already exists (pass overwrite=True to replace it)")
+    occupied = dest.exists() if replace_any else _local_destination(dest, overwrite)
+    if not occupied:
+        os.rename(tmp, dest)  # also replaces an empty directory
     else:
         old = _sibling(dest, "old")
         os.rename(dest, old)
@@ -279,8 +326,7 @@ def _finish_dir(tmp: Path, manifest_data: bytes, dest: Path, overwrite: bool) ->
 
 
 def _write_local(files: list[tuple[str, Path]], dest: Path, meta: Callable[[dict], dict], overwrite: bool) -> dict:
-    if dest.exists() and not overwrite:
-        raise ArtifactExistsError(f"artifact {dest} already exists (pass overwrite=True to replace it)")
+    _local_destination(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(dest, "tmp")
     try:
@@ -315,8 +361,37 @@ def _verify_local(root: Path, manifest: dict, uri: str) -> None:
 # ------------------------------------------------------------------------------- S3
 
 
+class _DeadlinePool(urllib3.PoolManager):
+    """A pool whose requests take the timeout of the operation in progress (what is left of its bound)."""
+
+    request_timeout: urllib3.Timeout | None = None
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any):  # type: ignore[override]
+        if self.request_timeout is not None:
+            kw["timeout"] = self.request_timeout
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
+def s3_timeout() -> float:
+    """Seconds one S3 operation may take with all its retries: ``$VLA_RFT_S3_TIMEOUT`` or 60."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 86_400):  # also refuses nan and inf
+        raise StorageConfigError(f"{TIMEOUT_ENV} must be a number of seconds in (0, 86400), got {raw!r}")
+    return value
+
+
 class _Bucket:
-    """One bucket on the configured endpoint; every call retries connection errors and maps S3 errors."""
+    """One bucket on the configured endpoint; every call retries connection errors and maps S3 errors.
+
+    One call (with its retries) never takes longer than :func:`s3_timeout`: each attempt's connect and
+    read timeouts are cut to what is left of that bound, and no retry starts once it is spent.
+    """
 
     def __init__(self, bucket: str) -> None:
         env = {name: os.environ.get(name, "").strip() for name in S3_ENV_VARS}
@@ -331,7 +406,8 @@ class _Bucket:
             )
         self.bucket = bucket
         self.endpoint = url["host"]
-        http = urllib3.PoolManager(
+        self.timeout_s = s3_timeout()
+        http = self.http = _DeadlinePool(
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
             retries=False,
             maxsize=10,
@@ -349,8 +425,11 @@ class _Bucket:
 
     def call(self, fn: Callable[..., T], *args: Any, missing_ok: bool = False, **kwargs: Any) -> T | None:
         """Run ``fn``; retry connection errors with exponential backoff; return None for a missing key if allowed."""
-        attempt = 1
+        attempt, deadline = 1, time.monotonic() + self.timeout_s
         while True:
+            left = deadline - time.monotonic()
+            self.http.request_timeout = urllib3.Timeout(connect=max(0.01, min(CONNECT_TIMEOUT_S, left)),
+                                                        read=max(0.01, min(READ_TIMEOUT_S, left)))
             try:
                 return fn(*args, **kwargs)
             except S3Error as exc:
@@ -369,12 +448,13 @@ class _Bucket:
             except MinioException as exc:
                 raise StorageError(f"S3 endpoint {self.endpoint} failed: {type(exc).__name__}") from None
             except _CONNECTION_ERRORS as exc:
-                if attempt == RETRY_ATTEMPTS:
-                    raise StorageUnreachableError(
-                        f"S3 endpoint {self.endpoint} is unreachable "
-                        f"({type(exc).__name__} after {RETRY_ATTEMPTS} attempts)"
-                    ) from exc
                 delay = RETRY_BASE_DELAY_S * 2 ** (attempt - 1)
+                if attempt == RETRY_ATTEMPTS or time.monotonic() + delay >= deadline - 0.05:
+                    raise StorageUnreachableError(
+                        f"S3 endpoint {self.endpoint} is unreachable or not answering "
+                        f"({type(exc).__name__} after {attempt} attempt(s); every S3 operation is bounded to "
+                        f"{self.timeout_s:g} s with its retries, set {TIMEOUT_ENV} to change it)"
+                    ) from None
                 log.warning("S3 endpoint %s: %s, retrying in %.1fs", self.endpoint, type(exc).__name__, delay)
                 time.sleep(delay)
                 attempt += 1
@@ -429,24 +509,62 @@ def ensure_bucket(bucket: str) -> None:
         s3.call(s3.client.make_bucket, bucket)
 
 
+def _object_key(prefix: str, manifest: dict, rel: str) -> str:
+    """Where a file of an S3 artifact lives: under the manifest's ``data_prefix`` (flat in old artifacts)."""
+    data_prefix = manifest.get("data_prefix", "")
+    return f"{prefix}/{data_prefix}/{rel}" if data_prefix else f"{prefix}/{rel}"
+
+
+def _ours(prefix: str, manifest: dict | None, key: str) -> bool:
+    """Whether ``key`` under ``prefix/`` was written by us: the manifest, a data version, an old flat file."""
+    rest = key[len(prefix) + 1 :]
+    if _DATA_PREFIX_RE.fullmatch(rest.split("/", 1)[0]):
+        return True  # a data version: of this artifact, an older one, or an interrupted write
+    if manifest is None:
+        return False
+    return rest == MANIFEST_NAME or (not manifest.get("data_prefix") and rest in manifest["files"])
+
+
+def _s3_destination(s3: _Bucket, prefix: str, uri: str, overwrite: bool) -> tuple[dict | None, list[str]]:
+    """The artifact at ``prefix`` (or None) and every key under it; refuse a prefix holding anything else."""
+    keys = s3.keys(f"{prefix}/")
+    data = s3.get_bytes(f"{prefix}/{MANIFEST_NAME}") if keys else None
+    try:
+        manifest = _parse_manifest(data, uri) if data is not None else None
+    except ArtifactIntegrityError:
+        manifest = None
+    foreign = sorted(k for k in keys if not _ours(prefix, manifest, k))
+    if foreign:
+        raise ArtifactDestinationError(
+            f"{uri} holds {len(foreign)} object(s) that are not part of an artifact of ours (e.g. {foreign[0]!r}); "
+            "refusing to write there: --overwrite replaces only artifacts this tool wrote"
+        )
+    if manifest is not None and not overwrite:
+        raise ArtifactExistsError(f"artifact {uri} already exists (pass overwrite=True to replace it)")
+    return manifest, keys
+
+
 def _write_s3(files: list[tuple[str, Path]], uri: str, meta: Callable[[dict], dict], overwrite: bool) -> dict:
+    """Upload the files under a fresh ``.data-<id>/`` prefix, then switch the manifest with one PUT.
+
+    Until that PUT the old manifest and its files are untouched (the old artifact verifies); after it
+    the new one does. Only then are the keys of the old version (and of interrupted writes) deleted.
+    """
     bucket, prefix = _artifact_location(uri)
     s3 = _Bucket(bucket)
     manifest_key = f"{prefix}/{MANIFEST_NAME}"
-    if s3.get_bytes(manifest_key) is not None:
-        if not overwrite:
-            raise ArtifactExistsError(f"artifact {uri} already exists (pass overwrite=True to replace it)")
-        s3.remove(manifest_key)  # from here on the old artifact no longer reads as complete
+    old, _ = _s3_destination(s3, prefix, uri, overwrite)
+    data_prefix = f".data-{uuid.uuid4().hex}"
     entries = {}
     for rel, path in files:
         sha256, size = _hash_file(path)
-        s3.upload_file(f"{prefix}/{rel}", path)
+        s3.upload_file(f"{prefix}/{data_prefix}/{rel}", path)
         entries[rel] = {"sha256": sha256, "size": size}
-    manifest = meta(entries)
+    manifest = {**meta(entries), "data_prefix": data_prefix}
     s3.upload_bytes(manifest_key, _manifest_bytes(manifest))
-    keep = {f"{prefix}/{rel}" for rel in entries} | {manifest_key}
+    keep = {_object_key(prefix, manifest, rel) for rel in entries} | {manifest_key}
     for key in s3.keys(f"{prefix}/"):
-        if key not in keep:
+        if key not in keep and _ours(prefix, old, key):
             s3.remove(key)
     return manifest
 
@@ -475,11 +593,11 @@ def _read_s3(uri: str, expected_kind: str | None, cache_dir: Path | None) -> tup
     try:
         tmp.mkdir()
         for rel, entry in manifest["files"].items():
-            got = s3.download(f"{prefix}/{rel}", tmp / rel)
+            got = s3.download(_object_key(prefix, manifest, rel), tmp / rel)
             if got is None:
                 raise ArtifactIntegrityError(f"file {rel!r} listed in the manifest of {uri} is missing")
             _check_entry(rel, entry, *got, uri)
-        _finish_dir(tmp, data, dest, overwrite=True)
+        _finish_dir(tmp, data, dest, overwrite=True, replace_any=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest, manifest
@@ -512,6 +630,21 @@ def write_artifact(
     if is_s3_uri(uri):
         return _write_s3(files, uri, meta, overwrite)
     return _write_local(files, _local_path(uri), meta, overwrite)
+
+
+def check_destination(uri: str, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output location that :func:`write_artifact` would refuse.
+
+    Free: nothing there (or an empty directory). Ours: an artifact this tool wrote, replaced only with
+    ``overwrite``. Anything else (a file, a directory or prefix of other files or artifacts, an
+    unwritable parent) raises :class:`ArtifactDestinationError`; an artifact without ``overwrite``
+    raises :class:`ArtifactExistsError`.
+    """
+    if is_s3_uri(uri):
+        bucket, prefix = _artifact_location(uri)
+        _s3_destination(_Bucket(bucket), prefix, uri, overwrite)
+    else:
+        _local_destination(_local_path(uri), overwrite)
 
 
 def read_manifest(uri: str) -> dict:

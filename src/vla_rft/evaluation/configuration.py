@@ -19,10 +19,25 @@ Suite names follow :attr:`vla_rft.sim.perturbations.Perturbation.name`, the one 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from vla_rft.errors import ConfigError
 from vla_rft.sim.perturbations import PERTURBATION_KINDS, suite_name
+
+#: a policy's report name: it names files and directories of the report, so no path parts
+POLICY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+
+
+def check_policy_name(name: str) -> str:
+    """Refuse a policy name that is not a short identifier (or is the scripted expert's name)."""
+    if not isinstance(name, str) or not POLICY_NAME_RE.fullmatch(name):
+        raise ConfigError(f"policy name {name!r} is not allowed: use 1-32 letters, digits, '_' or '-', "
+                          "starting with a letter (e.g. base, rft)")
+    if name == "expert":
+        raise ConfigError("policy name 'expert' is the scripted expert's; call the policy something else")
+    return name
+
 
 #: perturbation kinds that make suites, in report order (``none`` is the nominal suite)
 SUITE_KINDS: tuple[str, ...] = tuple(k for k in PERTURBATION_KINDS if k != "none")

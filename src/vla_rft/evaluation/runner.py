@@ -288,8 +288,10 @@ def run_evaluation(policies: Mapping[str, PolicyFn], tasks: Sequence[str], cfg: 
     ``policies`` maps report names (e.g. ``{"base": act_base, "rft": act_rft}``) to callables; the
     task list must be the one the policies' ``task_index`` was trained on.
     """
-    if EXPERT in policies:
-        raise ValueError(f"{EXPERT!r} is the scripted expert's name; call the policy something else")
+    from vla_rft.evaluation.configuration import check_policy_name
+
+    for name in policies:
+        check_policy_name(name)  # names become report paths
     out = []
     with make_simulator(sim_cfg, cfg) as sim:
         for name, act in policies.items():

@@ -316,7 +316,10 @@ class VLAPolicy(nn.Module):
         meta = json.loads(cfg_path.read_text())
         if meta.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{cfg_path}: model_type {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        state = load_file(str(weights))
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # safetensors raises its own error type for a truncated or corrupt file
+            raise ValueError(f"{weights} is not a readable safetensors file ({' '.join(str(err).split())})") from None
         # "policy" held the whole PolicyConfig (training settings too) before format 2
         arch = {k: v for k, v in meta.get("architecture", meta.get("policy", {})).items() if k in ARCHITECTURE_FIELDS}
         model = cls(PolicyConfig(**arch), image_size=meta["image_size"], chunk_len=meta["chunk_len"],

@@ -45,7 +45,7 @@ from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.training import decay_param_groups, scheduled_lr, write_curves
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_NAME = "policy_checkpoint.safetensors"  # stage-specific: stages may share a checkpoint directory
 _SALT_BATCH = 7_100  # separates the BC batch stream from other stages' streams of the same seed
 _SALT_EVAL = 7_101
 

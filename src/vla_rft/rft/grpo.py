@@ -45,14 +45,29 @@ from vla_rft.rft.rewards import group_advantages, verified_reward
 from vla_rft.training import write_curves
 from vla_rft.world_model.modeling import WorldModel
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_NAME = "rft_checkpoint.safetensors"  # stage-specific: stages may share a checkpoint directory
 CURVE_FIELDS = ("step", "reward_mean", "reward_std", "group_reward_std", "loss", "pg_loss", "bc_loss", "kl",
                 "clip_frac", "approx_kl", "entropy", "action_std", "grad_norm", "seconds_per_step", "seconds")
 _SALT = 9_300  # separates the RFT start-state stream from other stages' streams of the same seed
 
 
+def dataset_to_policy_tasks(policy: VLAPolicy, data: LoadedDataset) -> torch.Tensor:
+    """The policy's task index of each dataset task index, matched by instruction text.
+
+    The two may list the same tasks in another order (a policy trained on a dataset recorded with
+    ``sim.tasks`` in another order); a dataset task the policy was not trained on is refused.
+    """
+    missing = [t for t, i in zip(data.tasks, data.instructions) if i not in policy.instructions]
+    if missing:
+        raise CompatibilityError(f"the dataset has task(s) {missing} whose instructions the policy was not "
+                                 f"trained on (the policy knows {policy.instructions}); use a policy trained "
+                                 "on this task suite")
+    return torch.as_tensor([policy.instructions.index(i) for i in data.instructions], dtype=torch.long)
+
+
 def check_compatible(policy: VLAPolicy, world_model: WorldModel, data: LoadedDataset) -> None:
     """Raise a named error when the three artifacts were not made for each other."""
+    dataset_to_policy_tasks(policy, data)
     checks = [
         ("image size", policy.image_size, world_model.image_size, data.image_size),
         ("chunk length", policy.chunk_len, world_model.chunk_len, data.info.get("chunk_len", policy.chunk_len)),
@@ -116,6 +131,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
                progress: bool = True) -> dict:
     """Fine-tune ``policy`` in place with GRPO in ``world_model``; writes the model and curves to ``out_dir``."""
     check_compatible(policy, world_model, data)
+    to_policy_task = dataset_to_policy_tasks(policy, data)
     std_range = exploration_range(cfg)  # passed to every forward: the saved policy keeps its own range
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     device = torch.device(common.device)
@@ -156,6 +172,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         # 1. sample starts
         rng = np.random.default_rng((common.seed, _SALT, step))
         batch = ds.batch(rng.integers(0, len(ds), size=b))
+        batch["task_index"] = to_policy_task[batch["task_index"]]  # the policy's instruction of each start
         images, states, tasks = (batch[key].to(device) for key in ("image", "state", "task_index"))
 
         # 2. generate and 3. imagine (the world model sees executed, i.e. clipped, actions)

@@ -67,6 +67,9 @@ def reward_fidelity(policy, world_model, data: LoadedDataset, cfg: RFTConfig, *,
     rng = np.random.default_rng((seed, _SALT))
     idx = rng.choice(len(ds), size=min(n_states, len(ds)), replace=False)
     batch = ds.batch(idx)
+    from vla_rft.rft.grpo import dataset_to_policy_tasks
+
+    batch["task_index"] = dataset_to_policy_tasks(policy, data)[batch["task_index"]]  # by instruction text
     n = len(idx)
     device = next(policy.parameters()).device
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))

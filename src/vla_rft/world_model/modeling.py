@@ -308,7 +308,12 @@ class WorldModel(nn.Module):
         arch = {k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}
         model = cls(WorldModelConfig(**arch), meta["image_size"], meta["chunk_len"], meta["action_dim"],
                     meta["state_dim"])
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME))
+        except Exception as err:  # safetensors raises its own error type for a truncated or corrupt file
+            raise ValueError(f"{directory / WEIGHTS_NAME} is not a readable safetensors file "
+                             f"({' '.join(str(err).split())})") from None
+        model.load_state_dict(state)
         return model.to(device).eval()
 
 
