@@ -79,7 +79,7 @@ def episode_advantages(rewards: torch.Tensor, eps: float, filter_groups: bool) -
     ``filter_groups`` a group whose rewards are all equal is not kept (its advantages are 0 anyway)."""
     mean = rewards.mean(1, keepdim=True)
     std = rewards.std(1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
-    adv = (rewards - mean) / (std + eps)
+    adv = (rewards - mean) / (std + eps).clamp_min(1e-12)  # an all-equal group: 0, not 0/0
     kept = (rewards.max(1).values > rewards.min(1).values) if filter_groups else torch.ones(len(rewards), dtype=torch.bool)
     return adv * kept[:, None].float(), kept
 
