@@ -488,6 +488,14 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
             "success_per_task": per_task, "seeds": list(seeds), "seconds": time.time() - start}
 
 
+def ground_world_model(cfg: Config, dataset_uri: str, rollouts_uri: str, init_from: str, out_uri: str, *,
+                       overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
+                       progress: bool = True) -> dict[str, Any]:
+    """The expert-trained world model fine-tuned on expert data + the policy's rollouts (it sees failure)."""
+    return train_world_model(cfg, [dataset_uri, rollouts_uri], out_uri, overwrite=overwrite,
+                             checkpoint_dir=checkpoint_dir, restart=restart, progress=progress, init_from=init_from)
+
+
 def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, overwrite: bool = False,
                         checkpoint_dir: str | Path | None = None, restart: bool = False,
                         progress: bool = True) -> dict[str, Any]:
