@@ -154,15 +154,26 @@ def test_rft_config_names_bad_episode_values():
         RFTConfig(honesty_seed_offset=1_000_000)
 
 
-def test_collect_rollouts_keeps_failures_as_policy_data_on_training_seeds(data, tiny_dataset, tmp_path):
-    policy_dir = tmp_path / "policy"
-    _policy(data).save_pretrained(tmp_path / "policy_raw")
-    storage.write_artifact(tmp_path / "policy_raw", str(policy_dir), kind="policy", config={})
-    sets = ["sim.tasks=[push, drawer-open]", "sim.num_workers=0", "sim.max_episode_steps=24",
-            "collect_rollouts.episodes_per_task=2", "collect_rollouts.post_success_steps=0"]
-    cfg = load_config("params.yaml", "quick", sets)
-    s = stages.collect_rollouts(cfg, str(policy_dir), str(tmp_path / "rollouts"), progress=False)
-    out = load_dataset(tmp_path / "rollouts")
+SETS = ["sim.tasks=[push, drawer-open]", "sim.num_workers=0", "sim.max_episode_steps=24",
+        "collect_rollouts.episodes_per_task=2", "collect_rollouts.post_success_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def rollouts(data, tmp_path_factory):
+    """An untrained policy's rollouts recorded by the collect-rollouts stage, and the policy artifact."""
+    tmp = tmp_path_factory.mktemp("rollouts")
+    policy_dir = tmp / "policy"
+    _policy(data).save_pretrained(tmp / "policy_raw")
+    storage.write_artifact(tmp / "policy_raw", str(policy_dir), kind="policy", config={})
+    s = stages.collect_rollouts(load_config("params.yaml", "quick", SETS), str(policy_dir), str(tmp / "rollouts"),
+                                progress=False)
+    return tmp / "rollouts", policy_dir, s
+
+
+def test_collect_rollouts_keeps_failures_as_policy_data_on_training_seeds(data, rollouts, tmp_path):
+    _, policy_dir, s = rollouts
+    sets = SETS
+    out = load_dataset(rollouts[0])
     assert s["episodes"] == 4 and {e["source"] for e in out.episodes} == {"policy"}
     assert not all(e["success"] for e in out.episodes)  # an untrained policy fails; failures are kept
     assert all(500_000 <= e["seed"] < 1_000_000 for e in out.episodes)
@@ -187,3 +198,37 @@ def test_datasets_without_a_source_column_read_as_expert(tiny_dataset, tmp_path)
     table = pq.read_table(path)
     pq.write_table(table.drop(["source"]), path)
     assert {e["source"] for e in load_dataset(root).episodes} == {"expert"}
+
+
+def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_dataset, rollouts, tmp_path):
+    """The stages end to end on tiny sizes: ground the world model on rollouts, train the judge, run
+    episode-mode RFT; the artifact holds honesty.json from real episodes on held-out training seeds."""
+    import json
+
+    dataset, (roll, policy_dir, _) = str(tiny_dataset[0]), rollouts
+    sets = SETS + [f"world_model.{k}={v}" for k, v in (("channels", "[8, 16, 32]"), ("patch_size", 2),
+                   ("hidden_size", 32), ("num_layers", 1), ("num_heads", 2), ("frame_channels", 8), ("cond_size", 16),
+                   ("steps", 2), ("batch_size", 4), ("warmup_steps", 1), ("eval_chunks", 8), ("eval_batch_size", 8),
+                   ("gif_chunks", 1), ("log_interval", 1), ("checkpoint_interval", 0))]
+    sets += ["success_model.steps=4", "success_model.channels=[8, 8]", "success_model.hidden_size=8",
+             "success_model.batch_size=8", "rft.mode=episode", "rft.steps=1", "rft.batch_starts=2", "rft.group_size=2",
+             "rft.horizon=1", "rft.honesty_episodes_per_task=1", "rft.checkpoint_interval=1"]
+    cfg = load_config("params.yaml", "quick", sets)
+    # the tiny policy was built with the tiny dataset's 2 tasks; expert WM first, then grounded on rollouts
+    stages.train_world_model(cfg, dataset, str(tmp_path / "wm"), progress=False)
+    g = stages.ground_world_model(cfg, dataset, str(roll), str(tmp_path / "wm"), str(tmp_path / "wm_g"), progress=False)
+    manifest = storage.read_manifest(str(tmp_path / "wm_g"))
+    assert manifest["config"]["init_from"] == str(tmp_path / "wm") and len(manifest["config"]["dataset"]) == 2
+    assert g["train"]["train_chunks"] > stages.train_world_model(
+        cfg, dataset, str(tmp_path / "wm2"), progress=False)["train"]["train_chunks"]
+    sm = stages.train_success_model(cfg, [dataset, str(roll)], str(tmp_path / "judge"), progress=False)
+    assert storage.read_manifest(str(tmp_path / "judge"))["kind"] == "success_model"
+    assert "source_policy" in sm["train"]["calibration"]["auc"]
+    with pytest.raises(ValueError, match="--success-model"):
+        stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "x"), progress=False)
+    r = stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "rft"), progress=False,
+                   success_model_uri=str(tmp_path / "judge"), rollouts_uri=str(roll))
+    honesty = json.loads((tmp_path / "rft" / "honesty.json").read_text())
+    assert honesty["episodes"] == 2 and honesty["seeds"] == [900_000, 900_001]
+    assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"
+    assert (tmp_path / "rft" / "model.safetensors").exists()
