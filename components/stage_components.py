@@ -164,5 +164,76 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
             bool(result["promoted"]), str(result["reason"]), str(result.get("version") or ""),
             float(result["candidate_score"]))
 
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def collect_rollouts(config_json: str, base_policy: Input[Model], rollouts: Output[Dataset],
+                         summary: Output[Markdown]):
+        """The base policy with exploration noise in the real simulator on training seeds, failures kept."""
+        from vla_rft import stages
+        from vla_rft.components import outputs
+
+        result = stages.collect_rollouts(outputs.stage_config(config_json), base_policy.path, rollouts.path,
+                                         overwrite=True, progress=False)
+        rollouts.metadata.update({k: result[k] for k in ("episodes", "frames", "success_rate")})
+        rows = [("episodes", result["episodes"]), ("seeds", f"{result['seeds'][0]}..{result['seeds'][1] - 1}"),
+                ("policy success", f"{result['success_rate']:.1%}")]
+        rows += [(f"policy success: {t}", f"{v:.0%}") for t, v in result["success_per_task"].items()]
+        with open(summary.path, "w") as f:
+            f.write("# collect-rollouts\n\n" + outputs.markdown_table(rows + [("seconds", result["seconds"])]))
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def ground_world_model(config_json: str, dataset: Input[Dataset], rollouts: Input[Dataset],
+                           world_model: Input[Model], grounded: Output[Model], summary: Output[Markdown]):
+        """The world model fine-tuned on expert data + the policy's rollouts."""
+        from vla_rft import stages
+        from vla_rft.components import outputs
+
+        result = stages.ground_world_model(outputs.stage_config(config_json), dataset.path, rollouts.path,
+                                           world_model.path, grounded.path, overwrite=True,
+                                           checkpoint_dir=grounded.path + ".ckpt", progress=False)
+        with open(summary.path, "w") as f:
+            f.write("# ground-world-model\n\n" + outputs.fidelity_table(result["fidelity"]))
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def train_success_model(config_json: str, dataset: Input[Dataset], rollouts: Input[Dataset],
+                            success_model: Output[Model], calibration: Output[Metrics], summary: Output[Markdown]):
+        """The success judge on real frames (expert + rollouts), threshold calibrated on val episodes."""
+        from vla_rft import stages
+        from vla_rft.components import outputs
+
+        result = stages.train_success_model(outputs.stage_config(config_json), [dataset.path, rollouts.path],
+                                            success_model.path, overwrite=True,
+                                            checkpoint_dir=success_model.path + ".ckpt", progress=False)
+        shown = outputs.flat_metrics(result["train"]["calibration"])
+        for name, value in shown.items():
+            calibration.log_metric(name, value)
+        with open(summary.path, "w") as f:
+            f.write("# train-success-model\n\n" + outputs.markdown_table(sorted(shown.items()), ("calibration", "")))
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def rft_episode(config_json: str, dataset: Input[Dataset], rollouts: Input[Dataset], world_model: Input[Model],
+                    base_policy: Input[Model], success_model: Input[Model], policy: Output[Model],
+                    training: Output[Metrics], summary: Output[Markdown]):
+        """GRPO over closed-loop imagined episodes judged by the success model; honesty.json in the artifact."""
+        import dataclasses
+
+        from vla_rft import stages
+        from vla_rft.components import outputs
+
+        cfg = outputs.stage_config(config_json)
+        cfg.rft = dataclasses.replace(cfg.rft, mode="episode")
+        result = stages.rft(cfg, dataset.path, world_model.path, base_policy.path, policy.path, overwrite=True,
+                            checkpoint_dir=policy.path + ".ckpt", progress=False,
+                            success_model_uri=success_model.path, rollouts_uri=rollouts.path)
+        shown = outputs.flat_metrics({"train": result["train"], "honesty": result["honesty"] or {}})
+        for name, value in shown.items():
+            training.log_metric(name, value)
+        warnings = (result["honesty"] or {}).get("warnings", [])
+        with open(summary.path, "w") as f:
+            f.write("# rft (episode)\n\n" + "".join(f"**{w}**\n\n" for w in warnings)
+                    + outputs.markdown_table(sorted(shown.items()), ("GRPO over imagined episodes", "value"))
+                    + "\n" + outputs.curves_markdown(policy.path, ["success_rate"], "imagined success rate"))
+
     return {"configure": configure, "prepare-data": prepare_data, "train-world-model": train_world_model,
-            "pretrain-policy": pretrain_policy, "rft": rft, "evaluate": evaluate, "promote": promote}
+            "pretrain-policy": pretrain_policy, "rft": rft, "evaluate": evaluate, "promote": promote,
+            "collect-rollouts": collect_rollouts, "ground-world-model": ground_world_model,
+            "train-success-model": train_success_model, "rft-episode": rft_episode}

@@ -97,7 +97,7 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         world_model_steps: int = d["world_model_steps"], bc_steps: int = d["bc_steps"],
         rft_steps: int = d["rft_steps"], group_size: int = d["group_size"],
         eval_episodes_per_task: int = d["eval_episodes_per_task"], device: str = d["device"], gpus: int = 0,
-        registry: str = d["registry"], params_json: str = params_json,
+        registry: str = d["registry"], closed_loop: bool = False, params_json: str = params_json,
         overrides: list = [],  # noqa: B006 - KFP literal
     ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str), ("candidate_score", float)]):
         cfg = comps["configure"](
@@ -119,6 +119,23 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         ev = comps["evaluate"](config_json=config_json, world_model=wm.outputs["world_model"],
                                base_policy=bc.outputs["policy"], rft_policy=tuned.outputs["policy"])
         _resources(ev.set_display_name("evaluate"), "2", "8Gi")
+        with dsl.If(closed_loop == True, name="closed-loop"):  # noqa: E712 - a KFP condition, not Python
+            roll = comps["collect-rollouts"](config_json=config_json, base_policy=bc.outputs["policy"])
+            _resources(roll.set_display_name("collect-rollouts"), "2", "8Gi")
+            grounded = comps["ground-world-model"](config_json=config_json, dataset=data.outputs["dataset"],
+                                                   rollouts=roll.outputs["rollouts"],
+                                                   world_model=wm.outputs["world_model"])
+            _resources(grounded.set_display_name("ground-world-model"), "2", "8Gi", gpus if cluster else None,
+                       retries=2)
+            judge = comps["train-success-model"](config_json=config_json, dataset=data.outputs["dataset"],
+                                                 rollouts=roll.outputs["rollouts"])
+            _resources(judge.set_display_name("train-success-model"), "2", "8Gi", gpus if cluster else None,
+                       retries=2)
+            episodic = comps["rft-episode"](config_json=config_json, dataset=data.outputs["dataset"],
+                                            rollouts=roll.outputs["rollouts"], world_model=grounded.outputs["grounded"],
+                                            base_policy=bc.outputs["policy"],
+                                            success_model=judge.outputs["success_model"])
+            _resources(episodic.set_display_name("rft-episode"), "2", "8Gi", gpus if cluster else None, retries=2)
         gate = comps["promote"](config_json=config_json, policy=tuned.outputs["policy"],
                                 evaluation=ev.outputs["evaluation"])
         _resources(gate.set_display_name("promote"), "500m", "2Gi")
@@ -130,6 +147,8 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
     args = {"profile": f"profile of params.yaml: {', '.join(raw.get('profiles', {}) or ['none'])}",
             **{k: v[1] for k, v in knobs.items()},
             "gpus": "GPUs per training task on the cluster (0: CPU nodes)",
+            "closed_loop": "also run closed-loop RFT: collect-rollouts, ground-world-model, train-success-model, "
+                           "rft-episode (its policy and honesty.json are artifacts; evaluate and promote stay on rft)",
             "params_json": "the whole params.yaml as JSON: everything the knobs do not cover",
             "overrides": "section.key=value lines applied last, e.g. [\"sim.num_workers=1\"]"}
     vla_rft_pipeline.__doc__ = (__doc__.splitlines()[0] + "\n\nArgs:\n"

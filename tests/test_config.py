@@ -61,7 +61,8 @@ def test_params_yaml_sections_match_the_dataclass_defaults():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg = load_config(ROOT / "params.yaml")
     differ = []
-    for section in ("common", "sim", "prepare_data", "world_model", "policy", "rft", "evaluate", "promote"):
+    for section in ("common", "sim", "prepare_data", "world_model", "policy", "rft", "collect_rollouts",
+                    "success_model", "evaluate", "promote"):
         for field in dataclasses.fields(type(getattr(cfg, section))):
             if field.name not in raw[section]:
                 continue

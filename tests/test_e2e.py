@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "sim.tasks=[push, drawer-open]", "prepare_data.episodes_per_task=2", "world_model.steps=10",
     "policy.steps=20", "rft.steps=2", "rft.verify_states=1", "evaluate.episodes_per_task=1",
-    "evaluate.suites=[nominal, object-5cm]",
+    "evaluate.suites=[nominal, object-5cm]", "collect_rollouts.episodes_per_task=1", "success_model.steps=5",
+    "rft.horizon=1", "rft.honesty_episodes_per_task=1",
 ]
 
 
@@ -82,6 +83,9 @@ def test_two_concurrent_local_pipeline_runs_keep_to_their_own_prefixes(tmp_path)
         storage.read_artifact(str(tmp_path / "registry" / "versions" / version), expected_kind="policy")
 
 
+CLOSED_LOOP = ("collect_rollouts", "ground_world_model", "train_success_model", "rft_episode")
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_then_is_a_no_op(tmp_path):
     repo = tmp_path / "repo"
@@ -98,7 +102,8 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path):
     dvc = str(Path(sys.executable).with_name("dvc"))
     first = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("prepare_data", "train_world_model", "pretrain_policy", "rft", "evaluate", "promote"):
+    for stage in ("prepare_data", "train_world_model", "pretrain_policy", "rft", "evaluate", "promote",
+                  *CLOSED_LOOP):
         assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "reports" / "evaluation" / "report.html").exists()
     assert json.loads((repo / "metrics" / "evaluate.json").read_text())["overall"]["expert"]["nominal"] == 1.0
@@ -127,10 +132,10 @@ def test_dvc_repro_runs_then_is_a_no_op(tmp_path):
         raw["profiles"]["quick"]["rft"]["group_size"] = 3
         return yaml.safe_dump(raw, sort_keys=False)
 
-    everything = {"prepare_data", "train_world_model", "pretrain_policy", "rft", "evaluate", "promote"}
-    assert changed_by("params.yaml", group_size) == {"rft"}
+    everything = {"prepare_data", "train_world_model", "pretrain_policy", "rft", "evaluate", "promote", *CLOSED_LOOP}
+    assert changed_by("params.yaml", group_size) == {"rft", "rft_episode"}
     assert changed_by("src/vla_rft/storage.py", lambda t: t + "\n# edited\n") == everything
     assert changed_by("src/vla_rft/world_model/modeling.py", lambda t: t + "\n# edited\n") == {
-        "train_world_model", "rft", "evaluate"}
+        "train_world_model", "rft", "evaluate", *CLOSED_LOOP}
     assert changed_by("src/vla_rft/training.py", lambda t: t + "\n# edited\n") == {
-        "train_world_model", "pretrain_policy", "rft"}
+        "train_world_model", "pretrain_policy", "rft", *CLOSED_LOOP}

@@ -113,7 +113,10 @@ def test_compiled_package_parses_strictly_into_pipeline_spec_and_platform_spec()
     spec, platform = _spec()
     parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise ParseError
     assert parsed.pipeline_info.name == "vla-rft"
-    assert set(parsed.root.dag.tasks) == set(STAGES)
+    assert set(parsed.root.dag.tasks) == set(STAGES) | {"condition-1"}
+    closed_loop = parsed.components["comp-condition-1"].dag.tasks  # run only with closed_loop=True
+    assert set(closed_loop) == {"collect-rollouts", "ground-world-model", "train-success-model", "rft-episode"}
+    assert parsed.root.dag.tasks["condition-1"].trigger_policy.condition.endswith("== true")
     assert set(parsed.root.output_definitions.parameters) == {"promoted", "reason", "version", "candidate_score"}
     kube = json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert "kubernetes" in kube.platforms
@@ -134,7 +137,7 @@ def test_run_form_has_typed_knobs_with_defaults_from_params_yaml():
         "bc_steps": ("NUMBER_INTEGER", 0), "rft_steps": ("NUMBER_INTEGER", 0), "group_size": ("NUMBER_INTEGER", 0),
         "eval_episodes_per_task": ("NUMBER_INTEGER", 0), "device": ("STRING", raw["common"]["device"]),
         "gpus": ("NUMBER_INTEGER", 0), "registry": ("STRING", raw["promote"]["registry"]),
-        "params_json": ("STRING", None), "overrides": ("LIST", []),
+        "params_json": ("STRING", None), "overrides": ("LIST", []), "closed_loop": ("BOOLEAN", False),
     }
     assert set(inputs) == set(want)
     for name, (kind, default) in want.items():

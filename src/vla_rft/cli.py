@@ -60,7 +60,7 @@ def _cmd_train_world_model(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params, args.profile, args.overrides)
     s = stages.train_world_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
-                                 checkpoint_dir=args.checkpoint_dir, restart=args.restart)
+                                 checkpoint_dir=args.checkpoint_dir, restart=args.restart, init_from=args.init_from)
     fid = s["fidelity"]
     print(f"train-world-model: {s['train'].get('steps')} steps{' (resumed)' if s['resumed'] else ''}, "
           f"val PSNR {fid['model']['whole']['mean']['psnr']:.2f} dB (copy-last {fid['copy_last']['whole']['mean']['psnr']:.2f}), "
@@ -85,7 +85,10 @@ def _cmd_rft(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params, args.profile, args.overrides)
     s = stages.rft(cfg, args.dataset, args.world_model, args.policy, args.out, overwrite=args.overwrite,
-                   checkpoint_dir=args.checkpoint_dir, restart=args.restart, verify=not args.no_verify)
+                   checkpoint_dir=args.checkpoint_dir, restart=args.restart, verify=not args.no_verify,
+                   success_model_uri=args.success_model, rollouts_uri=args.rollouts)
+    if s["train"].get("mode") == "episode":
+        return _report_rft_episode(args, s)
     t, fid = s["train"], s["reward_fidelity"] or {}
     print(f"rft: {t['steps']} GRPO steps{' (resumed)' if s['resumed'] else ''}, {t['seconds_per_step']:.2f} s/step, "
           f"reward {t['reward_first']:.4f} -> {t['reward_last']:.4f}, reward-fidelity Spearman "
@@ -158,6 +161,50 @@ def _check_summary_path(path: Path) -> None:
     parent = next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--summary-json {path}: {parent} is not a writable directory")
+
+
+def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
+    t, h = s["train"], s["honesty"] or {}
+    print(f"rft (episode): {t['steps']} GRPO steps{' (resumed)' if s['resumed'] else ''}, "
+          f"{t['seconds_per_step']:.2f} s/step, imagined success {t['imagined_success_first']:.2f} -> "
+          f"{t['imagined_success_last']:.2f}, groups dropped {t['groups_dropped']}/{t['groups_total']}, "
+          f"{s['seconds']:.1f} s -> {s['uri']}")
+    if h:
+        corr = h["correlation_across_tasks"]
+        halluc = h["hallucination_rate"]
+        print(f"rft (episode): honesty: imagined {h['imagined_success']:.0%} vs real {h['real_success']:.0%}, "
+              f"mean |diff| per task {h['mean_abs_difference']:.2f}, correlation "
+              f"{'n/a' if corr is None else format(corr, '.2f')}, hallucination rate "
+              f"{'n/a' if halluc is None else format(halluc, '.0%')}")
+        for line in h["warnings"]:
+            print(f"rft (episode): {line}")
+    return _write_summary(args, s)
+
+
+def _cmd_collect_rollouts(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.collect_rollouts(cfg, args.policy, args.out, overwrite=args.overwrite)
+    per_task = ", ".join(f"{t} {v:.0%}" for t, v in s["success_per_task"].items())
+    print(f"collect-rollouts: {s['episodes']} episodes (seeds {s['seeds'][0]}..{s['seeds'][1] - 1}), {s['frames']} "
+          f"frames, policy success {s['success_rate']:.1%} ({per_task}), {s['seconds']:.1f} s -> {s['uri']}")
+    return _write_summary(args, s)
+
+
+def _cmd_train_success_model(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = load_config(args.params, args.profile, args.overrides)
+    s = stages.train_success_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
+                                   checkpoint_dir=args.checkpoint_dir, restart=args.restart)
+    c = s["train"]["calibration"]
+    auc = c["auc"]["all"]
+    print(f"train-success-model: {s['train']['steps']} steps{' (resumed)' if s['resumed'] else ''}, val AUC "
+          f"{'n/a' if auc is None else format(auc, '.3f')}, threshold {c['threshold']:.3f} ({c['rule']}: precision "
+          f"{c.get('precision', float('nan')):.2f}, recall {c.get('recall', float('nan')):.2f}), "
+          f"{s['seconds']:.1f} s -> {s['uri']}")
+    return _write_summary(args, s)
 
 
 def _write_summary(args: argparse.Namespace, summary: dict) -> int:
@@ -238,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-world-model", help="train the action-conditioned video model (the learned simulator)")
     _add_config_args(p)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, action="append",
+                   help="a dataset (repeatable: expert data + policy rollouts are trained on together)")
+    p.add_argument("--init-from", default=None, help="a world model to fine-tune (e.g. ground on rollouts)")
     _training_args(p)
     p.set_defaults(func=_cmd_train_world_model)
 
@@ -254,8 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-model", required=True)
     p.add_argument("--policy", required=True, help="the base (BC) policy")
     p.add_argument("--no-verify", action="store_true", help="skip the reward check against the real simulator")
+    p.add_argument("--success-model", default=None, help="rft.mode episode: the success model (the reward)")
+    p.add_argument("--rollouts", default=None, help="rft.mode episode: policy rollouts, more start frames")
     _training_args(p)
     p.set_defaults(func=_cmd_rft)
+
+    p = sub.add_parser("collect-rollouts", help="the base policy in the real simulator on training seeds, failures kept")
+    _add_config_args(p)
+    p.add_argument("--policy", required=True, help="the base (BC) policy")
+    p.add_argument("--out", required=True, help="output dataset (source: policy)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_collect_rollouts)
+
+    p = sub.add_parser("train-success-model", help="train the success judge on real frames, calibrate its threshold")
+    _add_config_args(p)
+    p.add_argument("--dataset", required=True, action="append", help="a dataset (repeatable: expert + rollouts)")
+    _training_args(p)
+    p.set_defaults(func=_cmd_train_success_model)
 
     p = sub.add_parser("evaluate", help="run policies and the scripted expert in the real simulator")
     _add_config_args(p)

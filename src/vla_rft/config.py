@@ -29,6 +29,7 @@ from vla_rft.errors import CompatibilityError, ConfigError
 from vla_rft.evaluation.configuration import EvaluateConfig
 from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.rft.configuration import RFTConfig
+from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.tasks import TASKS
 from vla_rft.world_model.configuration import WorldModelConfig
 
@@ -116,6 +117,31 @@ class PrepareDataConfig:
 
 
 @dataclass
+class CollectRolloutsConfig:
+    """The base policy's own episodes in the real simulator (the ``collect-rollouts`` stage)."""
+
+    episodes_per_task: int = 50
+    #: std of Gaussian exploration noise added to the policy's mean action (then clipped to [-1, 1])
+    action_noise: float = 0.2
+    #: episode i of a task uses seed seed_offset + i: training range, disjoint from the expert data's
+    #: seeds (prepare_data.seed_offset + i) and from evaluation seeds (>= evaluate.seed_base)
+    seed_offset: int = 500_000
+    post_success_steps: int = 8  #: steps recorded after the first success (success frames for the judge)
+    val_fraction: float = 0.2  #: share of episodes (per task) held out (success-model calibration, WM eval)
+    batch_size: int = 12  #: envs stepped together
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_task < 1 or self.batch_size < 1:
+            raise ConfigError("collect_rollouts.episodes_per_task and collect_rollouts.batch_size must be >= 1")
+        if self.action_noise < 0:
+            raise ConfigError(f"collect_rollouts.action_noise must be >= 0, got {self.action_noise}")
+        if self.seed_offset < 0 or self.post_success_steps < 0:
+            raise ConfigError("collect_rollouts.seed_offset and collect_rollouts.post_success_steps must be >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"collect_rollouts.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
 class PromoteConfig:
     """The model registry's champion/challenger gate (the ``promote`` stage)."""
 
@@ -144,6 +170,8 @@ class Config:
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rft: RFTConfig = field(default_factory=RFTConfig)
+    collect_rollouts: CollectRolloutsConfig = field(default_factory=CollectRolloutsConfig)
+    success_model: SuccessModelConfig = field(default_factory=SuccessModelConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
 

@@ -165,27 +165,47 @@ def _refuse_existing(out_uri: str, what: str, overwrite: bool) -> None:
         raise storage.ArtifactExistsError(f"{what} {out_uri} already exists; pass --overwrite to replace it") from None
 
 
-def train_world_model(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: bool = False,
+def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *, overwrite: bool = False,
                       checkpoint_dir: str | Path | None = None, restart: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
-    """Train the action-conditioned video model, score it on val episodes, publish model + report."""
+                      progress: bool = True, init_from: str | None = None) -> dict[str, Any]:
+    """Train the action-conditioned video model, score it on val episodes, publish model + report.
+
+    ``dataset_uri`` may list several datasets (expert data + policy rollouts: trained on together);
+    ``init_from`` names a world model to fine-tune instead of starting from scratch.
+    """
+    from vla_rft.data import concat_datasets
     from vla_rft.world_model.evaluate import evaluate_world_model
     from vla_rft.world_model.modeling import WorldModel
     from vla_rft.world_model.train import train_world_model as train
 
+    uris = [dataset_uri] if isinstance(dataset_uri, str) else list(dataset_uri)
+    if not uris:
+        raise ValueError("train-world-model needs at least one --dataset")
     _refuse_existing(out_uri, "world model", overwrite)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-wm-") as tmp:
-        data, settings, ckpt, resume = _dataset_and_checkpoints(cfg, "world_model", dataset_uri, out_uri,
-                                                                Path(tmp) / "cache", checkpoint_dir, restart)
+        cache = Path(tmp) / "cache"
+        data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in uris])
+        init_dir = None
+        if init_from:
+            init_dir, _ = storage.read_artifact(init_from, expected_kind="world_model", cache_dir=cache)
+        settings = {"common": cfg.section("common"), "world_model": cfg.section("world_model"),
+                    "dataset": [storage.read_manifest(u)["files"] for u in uris] if len(uris) > 1
+                    else storage.read_manifest(uris[0])["files"]}
+        if init_from:
+            settings["init_from"] = storage.read_manifest(init_from)["files"]
+        ckpt, resume = prepare_checkpoint_dir(out_uri, "world_model", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
-        summary = train(cfg.world_model, cfg.common, data, out, ckpt, resume=resume, progress=progress)
+        summary = train(cfg.world_model, cfg.common, data, out, ckpt, resume=resume, progress=progress,
+                        init_from=init_dir)
         model = WorldModel.from_pretrained(out, device=cfg.common.device)
         fidelity = evaluate_world_model(model, data, out / "eval", cfg.world_model, seed=cfg.common.seed,
                                         progress=progress)
         storage.write_artifact(out, out_uri, kind="world_model",
-                               config={"profile": cfg.profile, **{k: v for k, v in settings.items() if k != "dataset"},
-                                       "dataset": dataset_uri}, overwrite=overwrite)
+                               config={"profile": cfg.profile, "common": settings["common"],
+                                       "world_model": settings["world_model"],
+                                       "dataset": uris[0] if len(uris) == 1 else uris,
+                                       **({"init_from": init_from} if init_from else {})}, overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "fidelity": fidelity, "seconds": time.time() - start}
 
 
@@ -211,8 +231,16 @@ def pretrain_policy(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: b
 
 def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, out_uri: str, *,
         overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
-        verify: bool = True, progress: bool = True) -> dict[str, Any]:
-    """GRPO with verified rewards in the world model; publishes the fine-tuned policy and its curves."""
+        verify: bool = True, progress: bool = True, success_model_uri: str | None = None,
+        rollouts_uri: str | None = None) -> dict[str, Any]:
+    """GRPO with verified rewards in the world model; publishes the fine-tuned policy and its curves.
+
+    ``rft.mode: episode`` runs :func:`rft_episode` instead (it needs ``success_model_uri``).
+    """
+    if cfg.rft.mode == "episode":
+        return rft_episode(cfg, dataset_uri, world_model_uri, policy_uri, success_model_uri, out_uri,
+                           rollouts_uri=rollouts_uri, overwrite=overwrite, checkpoint_dir=checkpoint_dir,
+                           restart=restart, verify=verify, progress=progress)
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.rft.grpo import check_compatible, train_grpo
     from vla_rft.rft.verify import reward_fidelity
@@ -471,3 +499,166 @@ def import_lerobot(cfg: Config, source: str, out_uri: str, *, camera: str | None
     return {"uri": out_uri, "episodes": info["total_episodes"], "frames": info["total_frames"],
             "splits": info["splits"], "tasks": [t for t, _ in imported.tasks], "notes": imported.notes,
             "size_bytes": size, "seconds": time.time() - start}
+
+
+# -- closed-loop RFT: policy rollouts, the success model, GRPO over imagined episodes ---------------
+def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
+    """The base policy (mean + Gaussian exploration noise) in the real simulator on training seeds,
+    every episode recorded (failures kept) as a dataset with ``source: policy``."""
+    import torch
+
+    from vla_rft.data.parquet import EpisodeData, write_dataset
+    from vla_rft.data.splits import split_by_episode
+    from vla_rft.errors import ConfigError
+    from vla_rft.policy.modeling import VLAPolicy
+    from vla_rft.sim.perturbations import EpisodeSpec
+    from vla_rft.sim.rollouts import record_policy_episodes
+    from vla_rft.sim.vector import BatchedSimulator
+
+    rc, scfg = cfg.collect_rollouts, cfg.sim
+    _refuse_existing(out_uri, "dataset", overwrite)
+    seeds = (rc.seed_offset, rc.seed_offset + rc.episodes_per_task)
+    if seeds[1] > cfg.evaluate.seed_base:
+        raise ConfigError(f"collect_rollouts seeds {seeds[0]}..{seeds[1] - 1} reach the evaluation seeds "
+                          f"(>= evaluate.seed_base={cfg.evaluate.seed_base}); lower collect_rollouts.seed_offset")
+    expert = (cfg.prepare_data.seed_offset, cfg.prepare_data.seed_offset + cfg.prepare_data.episodes_per_task)
+    honesty = (cfg.rft.honesty_seed_offset, cfg.rft.honesty_seed_offset + cfg.rft.honesty_episodes_per_task)
+    for name, (lo, hi) in (("the expert data's", expert), ("the RFT honesty check's", honesty)):
+        if lo < seeds[1] and seeds[0] < hi:
+            raise ConfigError(f"collect_rollouts seeds {seeds[0]}..{seeds[1] - 1} overlap {name} seeds {lo}..{hi - 1}; "
+                              "move collect_rollouts.seed_offset")
+    torch.set_num_threads(1)  # the simulator workers use the cores
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="vla-rft-rollouts-") as tmp:
+        policy_dir, _ = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=Path(tmp) / "cache")
+        policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+        instructions = [TASKS[t].instruction for t in scfg.tasks]
+        missing = [t for t, i in zip(scfg.tasks, instructions) if i not in policy.instructions]
+        if missing:
+            raise ValueError(f"the policy was not trained on task(s) {missing}")
+        order = np.asarray([policy.instructions.index(i) for i in instructions])
+        noise_rng = np.random.default_rng([cfg.common.seed, 3])
+
+        def act(frames, states, task_index):
+            mean = policy.act(frames, states, order[task_index])
+            return mean + rc.action_noise * noise_rng.standard_normal(mean.shape).astype(np.float32)
+
+        specs = [EpisodeSpec(t, rc.seed_offset + i) for i in range(rc.episodes_per_task) for t in scfg.tasks]
+        workers = min(scfg.num_workers, len(specs))
+        with _progress(len(specs), "collect-rollouts", progress) as bar, \
+                BatchedSimulator.from_config(scfg, workers) as sim:
+            records = record_policy_episodes(sim, specs, act, scfg.tasks, max_steps=scfg.max_episode_steps,
+                                             post_success_steps=rc.post_success_steps, batch_size=rc.batch_size,
+                                             noisy=rc.action_noise > 0, progress=bar)
+        task_ids = [scfg.tasks.index(r.spec.task) for r in records]
+        splits = split_by_episode(task_ids, rc.val_fraction, np.random.default_rng([cfg.common.seed, 4]))
+        episodes = [EpisodeData(t, r.spec.seed, r.spec.perturbation.name, r.frames, r.states, r.actions,
+                                r.expert_actions, r.rewards, r.successes, r.noisy, r.success, r.first_success_step,
+                                source="policy") for t, r in zip(task_ids, records)]
+        per_task = {t: float(np.mean([r.success for r in records if r.spec.task == t])) for t in scfg.tasks}
+        out = Path(tmp) / "out"
+        info = write_dataset(out, episodes, splits, [(t, TASKS[t].instruction) for t in scfg.tasks], info_extra={
+            "fps": FPS, "robot_type": "sawyer", "simulator": "metaworld-v3", "camera": scfg.camera,
+            "chunk_len": cfg.common.chunk_len, "goal_marker_scale": scfg.goal_marker_scale,
+            "max_episode_steps": scfg.max_episode_steps, "state_names": list(STATE_NAMES),
+            "action_names": list(ACTION_NAMES), "source": "policy", "policy": policy_uri,
+            "policy_success": per_task, "seeds": list(seeds)})
+        storage.write_artifact(out, out_uri, kind="dataset", config={
+            "profile": cfg.profile, "common": cfg.section("common"), "sim": cfg.section("sim"),
+            "collect_rollouts": cfg.section("collect_rollouts"), "policy": policy_uri}, overwrite=overwrite)
+    return {"uri": out_uri, "episodes": info["total_episodes"], "frames": info["total_frames"],
+            "splits": info["splits"], "success_rate": float(np.mean([r.success for r in records])),
+            "success_per_task": per_task, "seeds": list(seeds), "seconds": time.time() - start}
+
+
+def ground_world_model(cfg: Config, dataset_uri: str, rollouts_uri: str, init_from: str, out_uri: str, *,
+                       overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
+                       progress: bool = True) -> dict[str, Any]:
+    """The expert-trained world model fine-tuned on expert data + the policy's rollouts (it sees failure)."""
+    return train_world_model(cfg, [dataset_uri, rollouts_uri], out_uri, overwrite=overwrite,
+                             checkpoint_dir=checkpoint_dir, restart=restart, progress=progress, init_from=init_from)
+
+
+def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, overwrite: bool = False,
+                        checkpoint_dir: str | Path | None = None, restart: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Train the success judge on real frames of the datasets (expert + rollouts), calibrate it on
+    their val episodes, publish it (kind ``success_model``)."""
+    from vla_rft.data import concat_datasets
+    from vla_rft.success.train import train_success_model as train
+
+    if not dataset_uris:
+        raise ValueError("train-success-model needs at least one --dataset")
+    _refuse_existing(out_uri, "success model", overwrite)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="vla-rft-success-") as tmp:
+        cache = Path(tmp) / "cache"
+        data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in dataset_uris])
+        settings = {"common": cfg.section("common"), "success_model": cfg.section("success_model"),
+                    "datasets": [storage.read_manifest(u)["files"] for u in dataset_uris]}
+        ckpt, resume = prepare_checkpoint_dir(out_uri, "success_model", settings, checkpoint_dir, restart)
+        out = Path(tmp) / "out"
+        summary = train(cfg.success_model, cfg.common, data, out, ckpt, resume=resume, progress=progress)
+        storage.write_artifact(out, out_uri, kind="success_model", config={
+            "profile": cfg.profile, "common": settings["common"], "success_model": settings["success_model"],
+            "datasets": list(dataset_uris)}, overwrite=overwrite)
+    return {"uri": out_uri, "resumed": resume, "train": summary, "seconds": time.time() - start}
+
+
+def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, success_model_uri: str | None,
+                out_uri: str, *, rollouts_uri: str | None = None, overwrite: bool = False,
+                checkpoint_dir: str | Path | None = None, restart: bool = False, verify: bool = True,
+                progress: bool = True) -> dict[str, Any]:
+    """GRPO over closed-loop imagined episodes judged by the success model; writes ``honesty.json``
+    (imagined vs real success of the base policy on held-out training-range seeds)."""
+    import copy
+
+    from vla_rft.data import concat_datasets
+    from vla_rft.policy.modeling import VLAPolicy
+    from vla_rft.rft.episode import train_episode_grpo
+    from vla_rft.rft.honesty import honesty_check
+    from vla_rft.sim.vector import BatchedSimulator
+    from vla_rft.success.modeling import SuccessModel
+    from vla_rft.world_model.modeling import WorldModel
+
+    if not success_model_uri:
+        raise ValueError("rft.mode is 'episode': pass --success-model (the train-success-model stage's output)")
+    _refuse_existing(out_uri, "policy", overwrite)
+    start = time.time()
+    inputs = [u for u in (dataset_uri, rollouts_uri, world_model_uri, policy_uri, success_model_uri) if u]
+    with tempfile.TemporaryDirectory(prefix="vla-rft-rft-episode-") as tmp:
+        cache = Path(tmp) / "cache"
+        data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in (dataset_uri, rollouts_uri) if u])
+        wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
+        policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=cache)
+        judge_dir, _ = storage.read_artifact(success_model_uri, expected_kind="success_model", cache_dir=cache)
+        world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
+        policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+        judge = SuccessModel.from_pretrained(judge_dir, device=cfg.common.device)
+        threshold = judge.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+        settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
+                    "inputs": [storage.read_manifest(u)["files"] for u in inputs]}
+        ckpt, resume = prepare_checkpoint_dir(out_uri, "rft_episode", settings, checkpoint_dir, restart)
+        out = Path(tmp) / "out"
+        honesty = None
+        if verify and cfg.rft.honesty_episodes_per_task:
+            base = copy.deepcopy(policy).eval()
+            with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
+                honesty = honesty_check(base, world_model, judge, threshold, sim, list(data.tasks),
+                                        episodes_per_task=cfg.rft.honesty_episodes_per_task,
+                                        seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
+                                        batch_size=cfg.collect_rollouts.batch_size)
+        summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,
+                                     resume=resume, progress=progress)
+        if honesty is not None:
+            (out / "honesty.json").write_text(json.dumps(honesty, indent=2))
+            summary["honesty"] = {k: honesty[k] for k in ("correlation_across_tasks", "mean_abs_difference",
+                                                          "hallucination_rate", "warnings")}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        storage.write_artifact(out, out_uri, kind="policy", config={
+            "profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],
+            "policy": policy_manifest["config"].get("policy"), "base_policy": policy_uri,
+            "world_model": world_model_uri, "dataset": dataset_uri, "rollouts": rollouts_uri,
+            "success_model": success_model_uri, "trained_by": "rft"}, overwrite=overwrite)
+    return {"uri": out_uri, "resumed": resume, "train": summary, "honesty": honesty, "seconds": time.time() - start}

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from vla_rft.data.schema import (
     ACTION, CODEBASE_VERSION, DONE, EPISODE_COLUMNS, EPISODE_INDEX, EXPERT_ACTION, FRAME_COLUMNS,
-    FRAME_INDEX, INDEX, OBS_IMAGE, OBS_STATE, REWARD, SPLITS, SUCCESS, TASK_INDEX,
+    DEFAULT_SOURCE, FRAME_INDEX, INDEX, OBS_IMAGE, OBS_STATE, REWARD, SOURCES, SPLITS, SUCCESS, TASK_INDEX,
     DatasetValidationError,
 )
 
@@ -34,6 +34,7 @@ class EpisodeData:
     noisy: bool
     success: bool
     first_success_step: int
+    source: str = DEFAULT_SOURCE  #: "expert" or "policy" (a policy's rollout in the real simulator)
 
 
 def _fixed_list(array: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
@@ -89,6 +90,8 @@ def write_dataset(
     for ep_idx, (ep, split) in enumerate(zip(episodes, splits, strict=True)):
         if split not in SPLITS:
             raise DatasetValidationError(f"episode {ep_idx}: unknown split {split!r}; allowed: {SPLITS}")
+        if ep.source not in SOURCES:
+            raise DatasetValidationError(f"episode {ep_idx}: unknown source {ep.source!r}; allowed: {SOURCES}")
         if ep.frames.shape[1:] != (h, w, 3) or ep.actions.shape[1] != action_dim:
             raise DatasetValidationError(f"episode {ep_idx}: frames {ep.frames.shape} / actions {ep.actions.shape} "
                                          f"differ from the first episode's {(h, w, 3)} / {action_dim}")
@@ -107,7 +110,7 @@ def write_dataset(
         episode_rows.append({
             "episode_index": ep_idx, "task_index": ep.task_index, "length": n, "seed": ep.seed,
             "perturbation": ep.perturbation, "noisy": ep.noisy, "success": ep.success,
-            "first_success_step": ep.first_success_step, "split": split,
+            "first_success_step": ep.first_success_step, "split": split, "source": ep.source,
             "data/chunk_index": 0, "data/file_index": file_index,
             "dataset_from_index": global_index, "dataset_to_index": global_index + n,
         })
@@ -293,6 +296,10 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
             raise DatasetValidationError(f"episode {ep['episode_index']}: rows [{lo}, {hi}) belong to another episode")
         if ep["split"] not in SPLITS:
             raise DatasetValidationError(f"episode {ep['episode_index']}: unknown split {ep['split']!r}")
+        ep.setdefault("source", DEFAULT_SOURCE)  # written before the column existed: expert data
+        if ep["source"] not in SOURCES:
+            raise DatasetValidationError(f"episode {ep['episode_index']}: unknown source {ep['source']!r}; "
+                                         f"allowed: {', '.join(SOURCES)}")
     n_tasks = len(tasks_table.get("task_name", []))
     if arrays[TASK_INDEX].min() < 0 or arrays[TASK_INDEX].max() >= n_tasks:
         raise DatasetValidationError(f"column '{TASK_INDEX}' refers to tasks outside meta/tasks.parquet ({n_tasks} tasks)")
@@ -303,3 +310,44 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
         expert_actions=arrays[EXPERT_ACTION], rewards=arrays[REWARD], successes=arrays[SUCCESS],
         task_index=arrays[TASK_INDEX], episode_index=arrays[EPISODE_INDEX], frame_index=arrays[FRAME_INDEX],
     )
+
+
+def concat_datasets(datasets: Sequence[LoadedDataset]) -> LoadedDataset:
+    """One in-memory dataset from several (e.g. expert data + policy rollouts), episodes renumbered.
+
+    The datasets must share the task list (names in task-index order), image size, state and action
+    dimensions; each episode keeps its split and its ``source``. The result's ``root`` is the first's.
+    """
+    if not datasets:
+        raise ValueError("concat_datasets needs at least one dataset")
+    first = datasets[0]
+    if len(datasets) == 1:
+        return first
+    for d in datasets[1:]:
+        if d.tasks != first.tasks:
+            raise DatasetValidationError(f"{d.root}: tasks {d.tasks} differ from {first.root}'s {first.tasks}; "
+                                         "record both with the same sim.tasks")
+        for what, a, b in (("image size", d.image_size, first.image_size), ("state dim", d.state_dim, first.state_dim),
+                           ("action dim", d.action_dim, first.action_dim)):
+            if a != b:
+                raise DatasetValidationError(f"{d.root}: {what} {a} differs from {first.root}'s {b}")
+    episodes, offset, ep_offset = [], 0, 0
+    for d in datasets:
+        for ep in d.episodes:
+            episodes.append({**ep, "episode_index": ep["episode_index"] + ep_offset,
+                             "dataset_from_index": ep["dataset_from_index"] + offset,
+                             "dataset_to_index": ep["dataset_to_index"] + offset})
+        offset += len(d.images)
+        ep_offset += len(d.episodes)
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(d, name) for d in datasets])
+
+    episode_index = np.concatenate([d.episode_index + sum(len(x.episodes) for x in datasets[:i])
+                                    for i, d in enumerate(datasets)])
+    info = {**first.info, "total_episodes": len(episodes), "total_frames": offset,
+            "sources": sorted({ep["source"] for ep in episodes})}
+    return LoadedDataset(root=first.root, info=info, tasks=list(first.tasks), instructions=list(first.instructions),
+                         episodes=episodes, images=cat("images"), states=cat("states"), actions=cat("actions"),
+                         expert_actions=cat("expert_actions"), rewards=cat("rewards"), successes=cat("successes"),
+                         task_index=cat("task_index"), episode_index=episode_index, frame_index=cat("frame_index"))

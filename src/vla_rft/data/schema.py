@@ -52,6 +52,11 @@ EPISODE_COLUMNS = (
 
 SPLITS = ("train", "val")
 
+#: where an episode came from (episode column ``source``): the scripted expert, or a policy acting
+#: in the real simulator (``collect-rollouts``). Datasets written before the column existed read as expert.
+SOURCES = ("expert", "policy")
+DEFAULT_SOURCE = "expert"
+
 
 class DatasetValidationError(ValueError):
     """The dataset on disk does not match the schema; the message names the file, column and problem."""

@@ -18,6 +18,8 @@ PERCEPTUAL: tuple[str, ...] = ("ssim", "lpips", "none")
 REWARD_TARGETS: tuple[str, ...] = ("expert_imagined", "real_frames")
 TRAINABLE: tuple[str, ...] = ("all", "trunk_and_heads", "heads")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+MODES: tuple[str, ...] = ("chunk", "episode")
+THRESHOLD_SOURCES: tuple[str, ...] = ("calibrated", "fixed")
 
 
 @dataclass
@@ -57,6 +59,20 @@ class RFTConfig:
     lpips_weights: str = ""  #: local path of LPIPS(VGG) weights, only for perceptual: lpips
     #: compare against the world model's rollout of the expert chunk (VLA-RFT) or the recorded frames
     reward_target: Literal["expert_imagined", "real_frames"] = "expert_imagined"
+    # -- episode mode (closed-loop imagined episodes, success reward; rft/episode.py) ---------------
+    #: "chunk": one chunk per start, verified reward vs the expert chunk (the paper's code, rft/grpo.py);
+    #: "episode": closed-loop imagined episodes judged by the success model (after WMPO / WoVR)
+    mode: Literal["chunk", "episode"] = "chunk"
+    horizon: int = 12  #: chunks per imagined episode (WMPO 23-48, WoVR 32; 12 x 8 = 96 steps covers most tasks)
+    keyframe_share: float = 0.5  #: share of starts taken at a random frame inside a recorded episode (else its reset frame)
+    #: the success threshold: "calibrated" (the success model's calibration.json) or "fixed" (success_threshold)
+    success_threshold_source: Literal["calibrated", "fixed"] = "calibrated"
+    success_threshold: float = 0.9  #: used with success_threshold_source: fixed (WoVR 0.9, WMPO 0.96)
+    filter_groups: bool = True  #: drop groups whose episodes all share one outcome (no signal; counted in the curves)
+    progress_coef: float = 0.0  #: optional dense term: + progress_coef * max success probability over the episode
+    honesty_episodes_per_task: int = 10  #: real base-policy episodes per task for the honesty check (0 = skip)
+    #: seeds of the honesty check's real episodes: training range, held out from data and rollouts (< 1_000_000)
+    honesty_seed_offset: int = 900_000
     # -- bookkeeping -------------------------------------------------------------------------------
     checkpoint_interval: int = 50
     log_interval: int = 10
@@ -80,7 +96,7 @@ class RFTConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"rft.{name} must be >= 0, got {getattr(self, name)}")
         choices = {"perceptual": PERCEPTUAL, "reward_target": REWARD_TARGETS, "trainable": TRAINABLE,
-                   "kl_estimator": KL_ESTIMATORS}
+                   "kl_estimator": KL_ESTIMATORS, "mode": MODES, "success_threshold_source": THRESHOLD_SOURCES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"rft.{name}: unknown value {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -93,5 +109,16 @@ class RFTConfig:
                 0 < self.explore_std_min < self.explore_std_max):
             raise ConfigError(f"rft.explore_std_min/max must satisfy 0 < min < max (or both 0 to keep the policy's "
                               f"bounds), got {self.explore_std_min}, {self.explore_std_max}")
+        if self.horizon < 1:
+            raise ConfigError(f"rft.horizon must be >= 1 chunk, got {self.horizon}")
+        if not 0.0 <= self.keyframe_share <= 1.0:
+            raise ConfigError(f"rft.keyframe_share must be in [0, 1], got {self.keyframe_share}")
+        if not 0.0 < self.success_threshold < 1.0:
+            raise ConfigError(f"rft.success_threshold must be in (0, 1), got {self.success_threshold}")
+        if self.progress_coef < 0 or self.honesty_episodes_per_task < 0:
+            raise ConfigError("rft.progress_coef and rft.honesty_episodes_per_task must be >= 0")
+        if not 0 <= self.honesty_seed_offset < 1_000_000:
+            raise ConfigError(f"rft.honesty_seed_offset must be in [0, 1000000) (evaluation seeds start at "
+                              f"1000000), got {self.honesty_seed_offset}")
         if self.checkpoint_interval < 0 or self.verify_states < 0:
             raise ConfigError("rft.checkpoint_interval and rft.verify_states must be >= 0")

@@ -40,6 +40,8 @@ class ChunkStep:
     success: np.ndarray  #: (B,) bool, success reached at any step of the chunk
     steps: np.ndarray  #: (B,) env steps executed (fewer than K when an env was already done or inactive)
     first_success: np.ndarray  #: (B,) 1-based step of the chunk at which success first held, 0 if none
+    step_states: np.ndarray  #: (B, K, STATE_DIM) the state after each action (a finished env repeats its last)
+    step_success: np.ndarray  #: (B, K) bool, the simulator's success flag after each action
 
 
 class _EnvHost:
@@ -89,6 +91,8 @@ class _EnvHost:
         success = np.zeros(n, bool)
         first_success = np.zeros(n, np.int64)
         executed = np.zeros(n, np.int64)
+        step_success = np.zeros((n, k), bool)
+        step_states = np.repeat(states[:, None], k, axis=1)
         for i, env in enumerate(self.active):
             env_frames = []
             for j in range(k if active[i] else 0):
@@ -101,7 +105,9 @@ class _EnvHost:
                 if result.success and not success[i]:
                     first_success[i] = j + 1
                 success[i] |= result.success
+                step_success[i, j] = result.success
                 states[i] = self.last_state[i] = result.state
+                step_states[i, j:] = result.state
                 if render_all:
                     env_frames.append(env.render())
             # an env that did not move keeps its last frame: no need to render it again
@@ -112,7 +118,7 @@ class _EnvHost:
                 frames.append(np.stack(env_frames))
             else:
                 frames.append(last[None])
-        return np.stack(frames), states, rewards, success, executed, first_success
+        return np.stack(frames), states, rewards, success, executed, first_success, step_states, step_success
 
 
 def _worker_main(conn, render_args) -> None:
@@ -240,7 +246,7 @@ class BatchedSimulator:
         calls = [(w, "step_chunk", (actions[s], render == "all", active[s]))
                  for w, s in enumerate(self._split) if s.stop > s.start]
         replies = self._call(calls)
-        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(6)))
+        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(8)))
 
     def close(self) -> None:
         for conn in self._conns:

@@ -101,8 +101,12 @@ def build_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedDataset
 
 
 def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedDataset, out_dir: Path,
-                      checkpoint_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                      checkpoint_dir: Path, resume: bool = False, progress: bool = True,
+                      init_from: Path | None = None) -> dict[str, Any]:
     """Train on the train split; write the model (``save_pretrained``) and curves into ``out_dir``.
+
+    ``init_from``: a saved world model to fine-tune (its weights and state statistics; its
+    architecture must be ``cfg``'s), e.g. grounding an expert-trained model on policy rollouts.
 
     Checkpoints go to ``checkpoint_dir`` every ``cfg.checkpoint_interval`` steps and at the end;
     with ``resume=True`` training continues from the checkpoint there (if any). Returns a summary.
@@ -119,6 +123,12 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
 
     ds = ChunkDataset(data, "train", common.chunk_len)
     model = build_model(cfg, common, data).to(device)
+    if init_from is not None:
+        init = WorldModel.from_pretrained(init_from)
+        if init.config.architecture() != cfg.architecture() or init.model_config() != model.model_config():
+            raise ValueError(f"--init-from {init_from}: its architecture {init.model_config()} differs from this "
+                             f"configuration's {model.model_config()}")
+        model.load_state_dict(init.state_dict())
     optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: scheduled_lr(
         1.0, step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, schedule=cfg.lr_schedule,

@@ -1,0 +1,248 @@
+"""GRPO over closed-loop imagined episodes, judged by the learned success model (``rft.mode: episode``).
+
+After WMPO and WoVR. One step, top to bottom:
+
+1. **sample starts** - B real start frames + states from the training split: a share
+   ``keyframe_share`` at a random frame inside a recorded episode, the rest at an episode's reset
+   frame; drawn from ``rng(seed, step)`` so a resumed run sees the same starts;
+2. **imagine** - each start repeated G times; the current policy samples a chunk (exploration std
+   range), the world model predicts its frames, the policy acts on the predicted frame, for
+   ``horizon`` chunks (:func:`vla_rft.world_model.imagine.imagine_episodes`);
+3. **judge** - the success model scores each chunk's last frame; the episode succeeds at the
+   first chunk with p >= threshold, and later chunks are masked out;
+4. **advantages** - episode reward (1/0, + ``progress_coef`` * max p) normalised within each group;
+   with ``filter_groups`` groups whose outcomes are all equal are dropped (counted); every chunk
+   of an episode shares its advantage;
+5. **loss** - clipped ratio per chunk (log-probs recomputed with grad), averaged over unmasked
+   chunks of kept groups; entropy bonus, KL to the frozen base and the BC regulariser optional as in
+   chunk mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vla_rft.checkpointing import load_checkpoint, save_checkpoint
+from vla_rft.config import CommonConfig
+from vla_rft.data import LoadedDataset
+from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.rft.configuration import RFTConfig
+from vla_rft.rft.grpo import _set_trainable, check_compatible, kl_estimate
+from vla_rft.rft.groups import exploration_range, repeat_group
+from vla_rft.training import write_curves
+from vla_rft.world_model.imagine import imagine_episodes
+
+CHECKPOINT_NAME = "rft_episode_checkpoint.safetensors"  # stage-specific, as checkpointing.checkpoint_files names it
+CURVE_FIELDS = ("step", "success_rate", "reward_mean", "groups_kept", "groups_dropped", "episode_chunks",
+                "loss", "pg_loss", "bc_loss", "kl", "clip_frac", "approx_kl", "entropy", "action_std", "grad_norm",
+                "seconds_per_step", "seconds")
+_SALT = 9_400  # the episode-mode start stream, apart from chunk mode's
+
+
+def start_rows(data: LoadedDataset, split: str, n: int, keyframe_share: float, rng: np.random.Generator) -> np.ndarray:
+    """Dataset rows of ``n`` start frames: reset frames of random episodes, or (share ``keyframe_share``)
+    a random frame inside one (not in its last chunk's worth of frames)."""
+    eps = data.episodes_in(split)
+    if not eps:
+        raise ValueError(f"split {split!r} has no episodes to start imagined episodes from")
+    picks = rng.integers(0, len(eps), size=n)
+    key = rng.random(n) < keyframe_share
+    offs = rng.random(n)
+    rows = []
+    for e, k, o in zip(picks, key, offs):
+        ep = eps[int(e)]
+        span = max(1, ep["length"] - 8)
+        rows.append(ep["dataset_from_index"] + (int(o * span) if k else 0))
+    return np.asarray(rows, np.int64)
+
+
+def episode_outcomes(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(success (N,) bool, mask (N, H) float)`` from per-chunk success probabilities (N, H):
+    success at the first chunk with p >= threshold; the mask keeps chunks up to and including it."""
+    hit = probs >= threshold
+    success = hit.any(1)
+    first = torch.where(success, hit.float().argmax(1), torch.full_like(success, probs.shape[1] - 1, dtype=torch.long))
+    mask = (torch.arange(probs.shape[1])[None] <= first[:, None]).float()
+    return success, mask
+
+
+def episode_advantages(rewards: torch.Tensor, eps: float, filter_groups: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(advantages (B, G), kept (B,) bool)``: ``(r - mean_group) / (std_group + eps)``; with
+    ``filter_groups`` a group whose rewards are all equal is not kept (its advantages are 0 anyway)."""
+    mean = rewards.mean(1, keepdim=True)
+    std = rewards.std(1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    adv = (rewards - mean) / (std + eps).clamp_min(1e-12)  # an all-equal group: 0, not 0/0
+    kept = (rewards.max(1).values > rewards.min(1).values) if filter_groups else torch.ones(len(rewards), dtype=torch.bool)
+    return adv * kept[:, None].float(), kept
+
+
+def masked_clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                        eps_low: float, eps_high: float) -> tuple[torch.Tensor, float]:
+    """Per-chunk clipped surrogate, every chunk weighted by its episode's advantage, mean over ``mask``."""
+    ratio = torch.exp(logp - old_logp)
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
+    denom = mask.sum().clamp_min(1.0)
+    with torch.no_grad():
+        clipped = ((ratio < 1 - eps_low) | (ratio > 1 + eps_high)).float()
+        clip_frac = float((clipped * mask).sum() / denom)
+    return -(surrogate * mask).sum() / denom, clip_frac
+
+
+def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model, policy,
+                       success_model, threshold: float, out_dir: Path, checkpoint_dir: Path, resume: bool = False,
+                       progress: bool = True) -> dict:
+    """Fine-tune ``policy`` in place with GRPO over imagined episodes; writes model and curves to ``out_dir``."""
+    check_compatible(policy, world_model, data)
+    task_map = torch.as_tensor(success_model.task_order(data.tasks))  # dataset task index -> the judge's
+    std_range = exploration_range(cfg)
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    device = torch.device(common.device)
+    torch.set_num_threads(common.num_threads)
+    torch.manual_seed(common.seed)
+    np.random.seed(common.seed)
+    policy.to(device).train()
+    for model in (world_model, success_model):
+        model.to(device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    reference = None
+    if cfg.kl_beta > 0:
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    trainable = _set_trainable(policy, cfg.trainable)
+    std_ids = {id(p) for p in policy.std_parameters()}
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in policy.parameters() if p.requires_grad and id(p) not in std_ids], "lr": cfg.lr},
+        {"params": policy.std_parameters(), "lr": cfg.lr_std},
+    ], weight_decay=cfg.weight_decay)
+    bc_ds = ChunkDataset(data, "train", chunk_len=policy.chunk_len) if cfg.bc_coef > 0 else None
+    images_all = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
+    b, g, k, horizon = cfg.batch_starts, cfg.group_size, policy.chunk_len, cfg.horizon
+    rows: list[dict] = []
+    start_step, elapsed = 0, 0.0
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    if resume and ckpt_path.exists():
+        meta = load_checkpoint(ckpt_path, policy, optimizer)
+        start_step, elapsed, rows = meta["step"], meta["seconds"], meta["rows"]
+
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="rft-episode", leave=False,
+               disable=not progress or not sys.stderr.isatty())
+    for step in range(start_step, cfg.steps):
+        t0 = time.time()
+        # 1. sample starts
+        rng = np.random.default_rng((common.seed, _SALT, step))
+        starts = start_rows(data, "train", b, cfg.keyframe_share, rng)
+        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        images = repeat_group(images_all[starts], g)
+        states = repeat_group(torch.from_numpy(data.states[starts]), g)
+        tasks = repeat_group(torch.from_numpy(data.task_index[starts]), g)
+
+        # 2. imagine closed-loop episodes with the sampling policy
+        old_logps: list[torch.Tensor] = []
+
+        def act(img, st, ti, _h):
+            dist = policy(img, st, ti, std_range=std_range)
+            chunk = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(device)
+            old_logps.append(dist.log_prob(chunk).cpu())
+            return chunk.cpu()
+
+        with torch.no_grad():
+            episodes = imagine_episodes(world_model, act, images, states, tasks, horizon)
+            old_logp = torch.stack(old_logps, 1)  # (N, H)
+
+            # 3. judge every chunk's last frame
+            n = b * g
+            probs = success_model.probability(episodes.last_frames.flatten(0, 1),
+                                              task_map[tasks].repeat_interleave(horizon)).reshape(n, horizon).cpu()
+            success, mask = episode_outcomes(probs, threshold)
+            rewards = success.float() + cfg.progress_coef * (probs * mask).max(1).values
+
+            # 4. advantages, shared by every chunk of an episode
+            adv, kept = episode_advantages(rewards.reshape(b, g), cfg.advantage_eps, cfg.filter_groups)
+            if cfg.shuffle_advantages:
+                perm = torch.argsort(torch.rand(b, g, generator=gen), dim=1)
+                adv = torch.gather(adv, 1, perm)
+            adv = adv.reshape(n, 1).expand(n, horizon)
+            mask = mask * kept.repeat_interleave(g)[:, None].float()
+
+        # 5. loss over the unmasked chunks of kept groups
+        stats = {key: 0.0 for key in ("clip_frac", "approx_kl", "pg_loss", "bc_loss", "kl", "loss", "entropy",
+                                      "grad_norm")}
+        action_std = float("nan")
+        live = mask.reshape(-1) > 0
+        if live.any():
+            ctx_i = episodes.context_images.flatten(0, 1)[live]
+            ctx_s = episodes.context_states.flatten(0, 1)[live]
+            ctx_t = tasks.repeat_interleave(horizon)[live]
+            chunks = episodes.actions.flatten(0, 1)[live].to(device)
+            old = old_logp.reshape(-1)[live].to(device)
+            a = adv.reshape(-1)[live].to(device)
+            ones = torch.ones_like(a)
+            for _ in range(cfg.ppo_epochs):
+                dist = policy(ctx_i, ctx_s, ctx_t, std_range=std_range)
+                logp = dist.log_prob(chunks)
+                pg_loss, clip_frac = masked_clipped_loss(logp, old, a, ones, cfg.clip_eps_low, cfg.clip_eps_high)
+                entropy = dist.entropy().mean()
+                loss = pg_loss - cfg.entropy_coef * entropy / (k * policy.action_dim)
+                kl = torch.zeros((), device=device)
+                if reference is not None:
+                    with torch.no_grad():
+                        ref_logp = reference(ctx_i, ctx_s, ctx_t, std_range=std_range).log_prob(chunks)
+                    kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
+                    loss = loss + cfg.kl_beta * kl
+                bc = torch.zeros((), device=device)
+                if bc_ds is not None:
+                    batch = bc_ds.batch(rng.integers(0, len(bc_ds), size=b))
+                    bc_mean = policy(batch["image"], batch["state"], batch["task_index"]).mean
+                    bc = (bc_mean - batch["expert_actions"].to(device)).pow(2).mean()
+                    loss = loss + cfg.bc_coef * bc
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in policy.parameters() if p.requires_grad],
+                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                optimizer.step()
+                with torch.no_grad():
+                    stats["clip_frac"] += clip_frac / cfg.ppo_epochs
+                    stats["approx_kl"] += float((old - logp).mean()) / cfg.ppo_epochs
+                    for key, value in (("pg_loss", pg_loss), ("bc_loss", bc), ("kl", kl), ("loss", loss),
+                                       ("entropy", entropy), ("grad_norm", grad_norm)):
+                        stats[key] += float(value) / cfg.ppo_epochs
+            action_std = float(dist.std.detach().mean())
+        elapsed += time.time() - t0
+        rows.append({
+            "step": step + 1, "success_rate": float(success.float().mean()), "reward_mean": float(rewards.mean()),
+            "groups_kept": int(kept.sum()), "groups_dropped": int((~kept).sum()), "episode_chunks": int(live.sum()),
+            **stats, "action_std": action_std, "seconds_per_step": time.time() - t0, "seconds": elapsed,
+        })
+        bar.update(1)
+        done = step + 1
+        if cfg.checkpoint_interval and (done % cfg.checkpoint_interval == 0 or done == cfg.steps):
+            save_checkpoint(ckpt_path, policy, optimizer, {"step": done, "seconds": elapsed, "rows": rows})
+    bar.close()
+
+    policy.eval()
+    for name, p in policy.named_parameters():
+        p.requires_grad_(name not in policy._frozen_by_design)
+    policy.save_pretrained(out_dir)
+    write_curves(out_dir, rows, CURVE_FIELDS)
+    tenth = max(1, len(rows) // 10)
+    summary = {
+        "mode": "episode", "steps": cfg.steps, "seconds": elapsed, "seconds_per_step": elapsed / max(1, len(rows)),
+        "horizon": horizon, "threshold": threshold,
+        "imagined_success_first": float(np.mean([r["success_rate"] for r in rows[:tenth]])) if rows else None,
+        "imagined_success_last": float(np.mean([r["success_rate"] for r in rows[-tenth:]])) if rows else None,
+        "groups_dropped": int(sum(r["groups_dropped"] for r in rows)), "groups_total": b * len(rows),
+        "trainable_parameters": len(trainable), "shuffle_advantages": cfg.shuffle_advantages,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

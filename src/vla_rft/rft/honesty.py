@@ -1,0 +1,76 @@
+"""Does the world model + success model tell the truth? Imagined vs real success of the base policy.
+
+On the same start layouts (training-range seeds held out from the data, never evaluation seeds),
+the base policy (acting with its mean) runs in the real simulator and, from the same real reset
+frame and state, in the world model for the same number of chunks; the success model judges the
+imagined episode. Reported: imagined and real success per task, their correlation across tasks,
+the mean absolute difference, and the hallucination rate (imagined success on a real failure).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla_rft.rft.episode import episode_outcomes
+from vla_rft.sim.perturbations import EpisodeSpec
+from vla_rft.sim.rollouts import record_policy_episodes
+from vla_rft.world_model.imagine import imagine_episodes
+
+
+def honesty_from_outcomes(tasks: list[str], task_of: np.ndarray, imagined: np.ndarray, real: np.ndarray) -> dict:
+    """The honesty numbers from per-episode outcomes (bool arrays) and each episode's task name."""
+    per_task = {}
+    for t in tasks:
+        sel = task_of == t
+        if sel.any():
+            per_task[t] = {"episodes": int(sel.sum()), "imagined_success": float(imagined[sel].mean()),
+                           "real_success": float(real[sel].mean())}
+    im = np.array([v["imagined_success"] for v in per_task.values()])
+    re = np.array([v["real_success"] for v in per_task.values()])
+    corr = float(np.corrcoef(im, re)[0, 1]) if len(im) > 1 and im.std() > 0 and re.std() > 0 else None
+    fails, wins = ~real, real
+    halluc = float(imagined[fails].mean()) if fails.any() else None
+    detect = float(imagined[wins].mean()) if wins.any() else None
+    warnings = []
+    if halluc is not None and detect is not None and detect - halluc < 0.2:
+        warnings.append(f"WARNING: the world model cannot tell success from failure: imagined success is "
+                        f"{detect:.0%} on real successes and {halluc:.0%} on real failures")
+    elif halluc is not None and halluc >= 0.5:
+        warnings.append(f"WARNING: {halluc:.0%} of real failures are imagined as successes (hallucination)")
+    return {
+        "episodes": int(len(real)), "per_task": per_task, "correlation_across_tasks": corr,
+        "mean_abs_difference": float(np.abs(im - re).mean()) if len(im) else None,
+        "hallucination_rate": halluc,  #: P(imagined success | real failure)
+        "hallucinated_episodes": float((imagined & ~real).mean()) if len(real) else None,  #: P(imagined success, real failure)
+        "imagined_success_on_real_success": detect,
+        "imagined_success": float(imagined.mean()), "real_success": float(real.mean()), "warnings": warnings,
+    }
+
+
+def honesty_check(policy, world_model, success_model, threshold: float, sim, tasks: list[str], *,
+                  episodes_per_task: int, seed_offset: int, horizon: int, batch_size: int = 12) -> dict:
+    """Run the check (see the module docstring); ``sim`` is a real BatchedSimulator."""
+    specs = [EpisodeSpec(t, seed_offset + i) for i in range(episodes_per_task) for t in tasks]
+    k = policy.chunk_len
+    act_np = lambda f, s, ti: policy.act(f, s, ti)  # noqa: E731 - the mean, as evaluation acts
+    real = record_policy_episodes(sim, specs, act_np, tasks, max_steps=horizon * k, record=False,
+                                  batch_size=batch_size)
+    obs = sim.reset(specs)  # the same layouts again: their reset frames start the imagination
+    images = torch.from_numpy(np.ascontiguousarray(obs.frames.transpose(0, 3, 1, 2)))
+    task_index = torch.tensor([tasks.index(s.task) for s in specs])
+
+    def act(img, st, ti, _h):
+        with torch.no_grad():
+            return policy(img, st, ti).mean.cpu()
+
+    episodes = imagine_episodes(world_model, act, images, torch.from_numpy(obs.states), task_index, horizon)
+    judge_tasks = torch.as_tensor(success_model.task_order(tasks))[task_index]
+    probs = success_model.probability(episodes.last_frames.flatten(0, 1),
+                                      judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon)
+    imagined, _ = episode_outcomes(probs.cpu(), threshold)
+    out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(),
+                                np.array([r.success for r in real]))
+    out.update({"seeds": [seed_offset, seed_offset + episodes_per_task], "horizon_chunks": horizon,
+                "threshold": threshold})
+    return out

@@ -1,0 +1,58 @@
+"""Hyperparameters of the success model and its training (``success_model:`` in params.yaml).
+
+Imports only :mod:`vla_rft.errors`, so loading a config never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vla_rft.errors import ConfigError
+
+ARCHITECTURE_FIELDS: tuple[str, ...] = ("channels", "hidden_size", "task_embedding")
+THRESHOLD_RULES: tuple[str, ...] = ("precision", "balanced_accuracy")
+
+
+@dataclass
+class SuccessModelConfig:
+    """A conv classifier p(success | frame, task), trained on real frames labelled by the simulator."""
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])  #: conv widths, one stride-2 layer each
+    hidden_size: int = 64  #: width of the head after pooling
+    task_embedding: int = 16  #: learned per-task embedding, concatenated before the head
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    batch_size: int = 64  #: half positive, half negative frames (successes are ~10 % of frames)
+    steps: int = 1500
+    grad_clip: float = 1.0
+    #: how the decision threshold is chosen on held-out (val) frames: "precision" = the lowest
+    #: threshold whose val precision reaches ``target_precision`` (a false success is a rewarded
+    #: hallucination); "balanced_accuracy" = the threshold maximising (TPR + TNR) / 2
+    threshold_rule: Literal["precision", "balanced_accuracy"] = "precision"
+    target_precision: float = 0.95
+    checkpoint_interval: int = 500
+    log_interval: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ConfigError(f"success_model.channels must be a non-empty list of positive widths, got {self.channels}")
+        for name in ("hidden_size", "task_embedding", "batch_size", "steps", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"success_model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ConfigError(f"success_model.batch_size must be >= 2 (half positives, half negatives), got {self.batch_size}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"success_model.lr must be in (0, 1), got {self.lr}")
+        for name in ("weight_decay", "grad_clip", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"success_model.{name} must be >= 0, got {getattr(self, name)}")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise ConfigError(f"success_model.threshold_rule: unknown value {self.threshold_rule!r}; "
+                              f"allowed: {', '.join(THRESHOLD_RULES)}")
+        if not 0 < self.target_precision <= 1:
+            raise ConfigError(f"success_model.target_precision must be in (0, 1], got {self.target_precision}")
+
+    def architecture(self) -> dict:
+        """The fields that define the network, as written to the model's config.json."""
+        return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in ARCHITECTURE_FIELDS}

@@ -1,0 +1,104 @@
+"""The success model: p(task solved | frame, task), the judge of imagined episodes.
+
+After WMPO (a learned success classifier on imagined frames; success at the first window with
+p >= 0.96) and WoVR (a frame reward model, threshold 0.9): a few stride-2 conv layers over one
+RGB frame, global average pooling, a learned task embedding, a small MLP -> one logit. The
+decision threshold is calibrated on held-out real episodes (``success/train.py``) and stored
+next to the weights in ``calibration.json``; ``config.json`` holds the architecture only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vla_rft.success.configuration import ARCHITECTURE_FIELDS, SuccessModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CALIBRATION_NAME = "calibration.json"
+MODEL_TYPE = "vla_rft_success_model"
+
+
+class SuccessModel(nn.Module):
+    """Frames (B, 3, H, W) uint8 + task indices (B,) -> success logits (B,)."""
+
+    def __init__(self, config: SuccessModelConfig, *, image_size: int, tasks: Sequence[str]):
+        super().__init__()
+        if not tasks:
+            raise ValueError("a success model needs at least one task")
+        self.config, self.image_size, self.tasks = config, image_size, list(tasks)
+        layers, c_in = [], 3
+        for c in config.channels:
+            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
+            c_in = c
+        self.encoder = nn.Sequential(*layers)
+        self.task_embeddings = nn.Embedding(len(self.tasks), config.task_embedding)
+        self.head = nn.Sequential(nn.Linear(c_in + config.task_embedding, config.hidden_size), nn.SiLU(),
+                                  nn.Linear(config.hidden_size, 1))
+        self.threshold = 0.5  #: decision threshold on p; set by calibration, saved in calibration.json
+
+    def forward(self, images: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        device = self.task_embeddings.weight.device
+        x = images.to(device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        feats = self.encoder(x * 2 - 1).mean(dim=(2, 3))
+        task = self.task_embeddings(task_index.to(device).long().reshape(-1))
+        return self.head(torch.cat([feats, task], -1)).squeeze(-1)
+
+    @torch.no_grad()
+    def probability(self, images: torch.Tensor, task_index: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        """p(success) for any number of frames, in batches, without grad."""
+        was = self.training
+        self.eval()
+        out = torch.cat([torch.sigmoid(self(images[i:i + batch], task_index[i:i + batch]))
+                         for i in range(0, len(images), batch)]) if len(images) else torch.zeros(0)
+        self.train(was)
+        return out
+
+    def task_order(self, tasks: Sequence[str]) -> list[int]:
+        """This model's task index for each of ``tasks`` (a named error for a task it never saw)."""
+        missing = [t for t in tasks if t not in self.tasks]
+        if missing:
+            raise ValueError(f"the success model was not trained on task(s) {missing}; it knows {self.tasks}")
+        return [self.tasks.index(t) for t in tasks]
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, calibration: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        meta = {"model_type": MODEL_TYPE, "image_size": self.image_size, "tasks": self.tasks,
+                "architecture": self.config.architecture()}
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        tmp = directory / f".{CALIBRATION_NAME}.tmp"
+        tmp.write_text(json.dumps({"threshold": self.threshold, **(calibration or {})}, indent=2))
+        os.replace(tmp, directory / CALIBRATION_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "SuccessModel":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME, CALIBRATION_NAME):
+            if not (directory / name).exists():
+                raise FileNotFoundError(f"{directory} is not a saved success model: {name} is missing")
+        meta = json.loads((directory / CONFIG_NAME).read_text())
+        if meta.get("model_type") != MODEL_TYPE:
+            raise ValueError(f"{directory / CONFIG_NAME}: model_type {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        arch = {k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}
+        model = cls(SuccessModelConfig(**arch), image_size=meta["image_size"], tasks=meta["tasks"])
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        model.threshold = float(json.loads((directory / CALIBRATION_NAME).read_text())["threshold"])
+        return model.to(device).eval()

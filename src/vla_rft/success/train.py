@@ -1,0 +1,181 @@
+"""Train the success model on real frames labelled by the simulator, calibrate its threshold.
+
+Frame ``t`` of an episode shows the scene after action ``t-1``, so its label is that action's
+``next.success`` flag (the reset frame is a failure). Batches are half positive, half negative
+frames of the train split, drawn from ``(seed, step)`` only; a checkpoint holds the model, the
+optimiser, the RNGs and the curve, so a resumed run ends with the same weights. The threshold
+is calibrated and the AUC measured on the val split's episodes (never trained on).
+
+    from vla_rft.success.train import train_success_model
+    summary = train_success_model(cfg.success_model, cfg.common, data, out_dir, ckpt_dir)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_rft.checkpointing import load_checkpoint, save_checkpoint
+from vla_rft.config import CommonConfig
+from vla_rft.data import LoadedDataset
+from vla_rft.success.configuration import SuccessModelConfig
+from vla_rft.success.modeling import SuccessModel
+from vla_rft.training import decay_param_groups, write_curves
+
+CHECKPOINT_NAME = "success_model_checkpoint.safetensors"
+CURVE_FIELDS = ("step", "loss", "accuracy", "seconds")
+_STREAM = 401
+
+
+def frame_labels(data: LoadedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``split`` and their labels: row t is a success if the action before it succeeded."""
+    rows, labels = [], []
+    for ep in data.episodes_in(split):
+        lo, hi = ep["dataset_from_index"], ep["dataset_to_index"]
+        rows.append(np.arange(lo, hi))
+        labels.append(np.concatenate([[False], data.successes[lo:hi - 1].astype(bool)]))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    return np.concatenate(rows), np.concatenate(labels)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged); None with one class only."""
+    labels = np.asarray(labels, bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def calibrate_threshold(probs: np.ndarray, labels: np.ndarray, rule: str, target_precision: float) -> dict[str, Any]:
+    """The decision threshold on held-out probabilities, and what it achieves there.
+
+    ``precision``: the lowest candidate threshold whose precision is >= ``target_precision`` (more
+    recall at the required precision); when no threshold reaches it, the balanced-accuracy one
+    is taken and ``fallback`` says so. ``balanced_accuracy``: argmax of (TPR + TNR) / 2.
+    """
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, bool)
+    if rule not in ("precision", "balanced_accuracy"):
+        raise ValueError(f"unknown threshold rule {rule!r}; allowed: precision, balanced_accuracy")
+    if labels.all() or not labels.any():
+        return {"threshold": 0.5, "rule": rule, "fallback": "val frames hold one class only: threshold 0.5"}
+    candidates = np.unique(probs)
+
+    def stats(th: float) -> dict[str, float]:
+        pred = probs >= th
+        tp, fp = int((pred & labels).sum()), int((pred & ~labels).sum())
+        tpr, tnr = tp / labels.sum(), int((~pred & ~labels).sum()) / (~labels).sum()
+        return {"precision": tp / (tp + fp) if tp + fp else 1.0, "recall": float(tpr),
+                "balanced_accuracy": float((tpr + tnr) / 2)}
+
+    table = [(float(th), stats(th)) for th in candidates]
+    best_ba = max(table, key=lambda r: (r[1]["balanced_accuracy"], r[0]))
+    out: dict[str, Any] = {"rule": rule, "fallback": None}
+    if rule == "precision":
+        ok = [r for r in table if r[1]["precision"] >= target_precision and r[1]["recall"] > 0]
+        if ok:
+            th, s = min(ok, key=lambda r: r[0])
+        else:
+            th, s = best_ba
+            out["fallback"] = f"no threshold reaches precision {target_precision}: balanced-accuracy threshold"
+    else:
+        th, s = best_ba
+    return {**out, "threshold": th, **s, "target_precision": target_precision}
+
+
+def _balanced_batch(rng: np.random.Generator, pos: np.ndarray, neg: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    half = size // 2
+    rows = np.concatenate([rng.choice(pos, half), rng.choice(neg, size - half)])
+    return rows, np.concatenate([np.ones(half, np.float32), np.zeros(size - half, np.float32)])
+
+
+def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: LoadedDataset, out_dir: Path,
+                        checkpoint_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train on the train split's frames, calibrate on val, save model + calibration + curves to ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
+    torch.set_num_threads(common.num_threads)
+    torch.manual_seed(common.seed)
+    np.random.seed(common.seed % 2**32)
+    device = torch.device(common.device)
+    rows, labels = frame_labels(data, "train")
+    pos, neg = rows[labels], rows[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"the train split has {len(pos)} success and {len(neg)} failure frames; the success "
+                         "model needs both (record episodes that reach success, and keep post-success steps)")
+    model = SuccessModel(cfg, image_size=data.image_size, tasks=data.tasks).to(device)
+    optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
+    task_index = torch.from_numpy(data.task_index)
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+    step, curve, elapsed = 0, [], 0.0
+    if resume and ckpt_path.exists():
+        meta = load_checkpoint(ckpt_path, model, optimizer)
+        step, curve, elapsed = meta["step"], meta["curves"], meta["seconds"]
+    model.train()
+    t0 = time.time()
+    acc = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+    bar = tqdm(total=cfg.steps, initial=step, desc="success-model", leave=False,
+               disable=not progress or not sys.stderr.isatty())
+    while step < cfg.steps:
+        rng = np.random.default_rng([common.seed, _STREAM, step])
+        batch_rows, y = _balanced_batch(rng, pos, neg, cfg.batch_size)
+        logits = model(images[batch_rows], task_index[batch_rows])
+        target = torch.from_numpy(y).to(device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        acc = {"loss": acc["loss"] + float(loss.detach()),
+               "accuracy": acc["accuracy"] + float(((logits.detach() > 0).float() == target).float().mean()),
+               "n": acc["n"] + 1}
+        if step % cfg.log_interval == 0 or step == cfg.steps:
+            curve.append({"step": step, "loss": acc["loss"] / acc["n"], "accuracy": acc["accuracy"] / acc["n"],
+                          "seconds": round(elapsed + time.time() - t0, 3)})
+            acc = {"loss": 0.0, "accuracy": 0.0, "n": 0}
+        if cfg.checkpoint_interval and (step % cfg.checkpoint_interval == 0 or step == cfg.steps):
+            save_checkpoint(ckpt_path, model, optimizer, {"step": step, "curves": curve,
+                                                          "seconds": elapsed + time.time() - t0})
+        bar.update(1)
+    bar.close()
+    model.eval()
+
+    val_rows, val_labels = frame_labels(data, "val")
+    if len(val_rows) == 0:
+        raise ValueError("the dataset has no val episodes: the success threshold cannot be calibrated")
+    probs = model.probability(images[val_rows], task_index[val_rows]).cpu().numpy()
+    calibration = calibrate_threshold(probs, val_labels, cfg.threshold_rule, cfg.target_precision)
+    model.threshold = float(calibration["threshold"])
+    sources = np.array([data.episodes[int(data.episode_index[r])].get("source", "expert") for r in val_rows])
+    auc = {"all": roc_auc(probs, val_labels),
+           **{f"source_{s}": roc_auc(probs[sources == s], val_labels[sources == s]) for s in sorted(set(sources))}}
+    per_task = {}
+    for t, name in enumerate(data.tasks):
+        sel = data.task_index[val_rows] == t
+        per_task[name] = roc_auc(probs[sel], val_labels[sel])
+    calibration.update({"val_frames": int(len(val_rows)), "val_positive_frames": int(val_labels.sum()),
+                        "auc": auc, "auc_per_task": per_task})
+    model.save_pretrained(out_dir, calibration)
+    write_curves(out_dir, curve, CURVE_FIELDS)
+    return {"steps": cfg.steps, "train_frames": int(len(rows)), "train_positive_frames": int(len(pos)),
+            "seconds": round(elapsed + time.time() - t0, 2), "calibration": calibration}

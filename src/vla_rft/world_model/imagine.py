@@ -1,0 +1,61 @@
+"""Closed-loop imagination: any policy acts on the frames the world model predicts, chunk after chunk.
+
+The world model knows no policy: ``act`` is a callable ``act(images, states, task_index, chunk)
+-> actions`` on torch tensors (images (N, 3, H, W) uint8, states (N, S), task_index (N,), the
+chunk number) returning an action chunk (N, K, A). The world model sees it clipped to [-1, 1]
+(what the real env executes), predicts K frames and the proprio state after each action; the last
+frame (rounded to 8 bits, like a rendered frame) and the last predicted state are what ``act``
+sees next. After WMPO (23-48 chunks of 8 from real initial frames) and WoVR (32 chunks, also from
+keyframes inside demonstrations); start frames here are any real frames + states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from vla_rft.world_model.modeling import WorldModel
+
+ActFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class ImaginedEpisodes:
+    """H chunks imagined for each of N starts."""
+
+    context_images: torch.Tensor  #: (N, H, 3, h, w) uint8: what ``act`` saw at each chunk (0 = the real start)
+    context_states: torch.Tensor  #: (N, H, S): the state ``act`` saw (0 = the real start state)
+    actions: torch.Tensor  #: (N, H, K, A) what ``act`` returned (unclipped)
+    last_frames: torch.Tensor  #: (N, H, 3, h, w) uint8: the predicted frame at the end of each chunk
+    states: torch.Tensor  #: (N, H, S): the predicted state at the end of each chunk
+
+
+@torch.no_grad()
+def imagine_episodes(world_model: WorldModel, act: ActFn, start_images: torch.Tensor, start_states: torch.Tensor,
+                     task_index: torch.Tensor, horizon: int, micro_batch: int | None = None) -> ImaginedEpisodes:
+    """Roll ``act`` out in ``world_model`` for ``horizon`` chunks from real start frames (N, 3, h, w) uint8."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1 chunk, got {horizon}")
+    if start_images.dtype != torch.uint8 or start_images.dim() != 4:
+        raise ValueError(f"start_images must be (N, 3, H, W) uint8, got {tuple(start_images.shape)} {start_images.dtype}")
+    images, states = start_images.cpu(), start_states.float().cpu()
+    ctx_i, ctx_s, acts, lasts, ends = [], [], [], [], []
+    for h in range(horizon):
+        chunk = torch.as_tensor(act(images, states, task_index, h)).float()
+        k = world_model.chunk_len
+        if chunk.shape != (len(images), k, world_model.action_dim):
+            raise ValueError(f"act returned actions of shape {tuple(chunk.shape)}; expected "
+                             f"({len(images)}, {k}, {world_model.action_dim})")
+        frames, pred_states = world_model.rollout(images, chunk.clamp(-1, 1), states, return_states=True,
+                                                  micro_batch=micro_batch)
+        ctx_i.append(images)
+        ctx_s.append(states)
+        acts.append(chunk.cpu())
+        images = torch.round(frames[:, -1].cpu() * 255).to(torch.uint8)
+        states = pred_states[:, -1].float().cpu()
+        lasts.append(images)
+        ends.append(states)
+    return ImaginedEpisodes(torch.stack(ctx_i, 1), torch.stack(ctx_s, 1), torch.stack(acts, 1),
+                            torch.stack(lasts, 1), torch.stack(ends, 1))

@@ -1,0 +1,234 @@
+"""Episode-mode RFT: closed-loop imagination, masking after success, group filtering, advantages by hand,
+resume, honesty numbers, and policy rollouts in the real simulator (source: policy, training seeds only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from vla_rft import stages, storage
+from vla_rft.config import CommonConfig, ConfigError, load_config
+from vla_rft.data import concat_datasets, load_dataset
+from vla_rft.policy.configuration import PolicyConfig
+from vla_rft.policy.modeling import VLAPolicy
+from vla_rft.rft.configuration import RFTConfig
+from vla_rft.rft.episode import episode_advantages, episode_outcomes, masked_clipped_loss, train_episode_grpo
+from vla_rft.rft.honesty import honesty_from_outcomes
+from vla_rft.success.configuration import SuccessModelConfig
+from vla_rft.success.modeling import SuccessModel
+from vla_rft.world_model.configuration import WorldModelConfig
+from vla_rft.world_model.imagine import imagine_episodes
+from vla_rft.world_model.modeling import WorldModel
+
+POLICY = dict(cnn_channels=(8, 8, 16, 16), hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, keypoints=0)
+WORLD = dict(channels=(8, 16, 32), patch_size=2, hidden_size=32, num_layers=1, num_heads=2, frame_channels=8,
+             cond_size=16)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_dataset):
+    return load_dataset(tiny_dataset[0])
+
+
+def _policy(data, seed=0):
+    torch.manual_seed(seed)
+    policy = VLAPolicy(PolicyConfig(**POLICY), image_size=data.image_size, chunk_len=8, action_dim=data.action_dim,
+                       state_dim=data.state_dim, instructions=data.instructions,
+                       instruction_embeddings=torch.randn(len(data.instructions), 384))
+    return policy
+
+
+def _world_model(data):
+    """A world model whose output depends on context and actions (its zero-initialised head randomised)."""
+    torch.manual_seed(1)
+    wm = WorldModel(WorldModelConfig(**WORLD), data.image_size, 8, data.action_dim, data.state_dim)
+    with torch.no_grad():
+        for p in wm.head.parameters():
+            p.normal_(0, 0.3)
+        for p in wm.state_head.parameters():
+            p.normal_(0, 0.3)
+    return wm.eval()
+
+
+def test_closed_loop_imagination_feeds_predicted_frames_back(data):
+    wm = _world_model(data)
+    images = torch.from_numpy(np.ascontiguousarray(data.images[[0, 10]].transpose(0, 3, 1, 2)))
+    states, tasks = torch.from_numpy(data.states[[0, 10]]), torch.from_numpy(data.task_index[[0, 10]])
+
+    def act(img, st, ti, h):  # the action depends on the frame it sees
+        level = img.float().mean(dim=(1, 2, 3)) / 255.0
+        return (level[:, None, None] * 4 - 2).expand(len(img), 8, 4).clone()
+
+    ep = imagine_episodes(wm, act, images, states, tasks, horizon=3)
+    assert ep.context_images.shape == (2, 3, 3, 64, 64) and ep.actions.shape == (2, 3, 8, 4)
+    assert torch.equal(ep.context_images[:, 0], images)
+    assert torch.equal(ep.context_images[:, 1], ep.last_frames[:, 0])  # the prediction is what the policy sees
+    assert torch.equal(ep.context_states[:, 2], ep.states[:, 1])
+    open_loop = act(images, states, tasks, 0)
+    assert not torch.allclose(ep.actions[:, 2], open_loop)  # closed loop acts differently from open loop
+    with pytest.raises(ValueError, match="act returned actions of shape"):
+        imagine_episodes(wm, lambda i, s, t, h: torch.zeros(len(i), 3, 4), images, states, tasks, horizon=1)
+
+
+def test_episode_ends_at_the_first_success_and_later_chunks_are_masked():
+    probs = torch.tensor([[0.1, 0.95, 0.2, 0.99], [0.1, 0.2, 0.3, 0.4], [0.91, 0.1, 0.1, 0.1]])
+    success, mask = episode_outcomes(probs, 0.9)
+    assert success.tolist() == [True, False, True]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_trajectory_advantages_and_group_filtering_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    adv, kept = episode_advantages(rewards, 0.0, filter_groups=True)
+    assert kept.tolist() == [True, False, True]
+    std0 = torch.tensor([1.0, 0, 0, 1]).std()
+    assert torch.allclose(adv[0], (rewards[0] - 0.5) / std0)
+    assert torch.equal(adv[1], torch.zeros(4))
+    std2 = torch.tensor([0.0, 0, 0, 1]).std()
+    assert torch.allclose(adv[2], (rewards[2] - 0.25) / std2)
+    _, kept_all = episode_advantages(rewards, 0.0, filter_groups=False)
+    assert kept_all.all()
+
+
+def test_masked_clipped_loss_by_hand():
+    logp = torch.log(torch.tensor([1.5, 1.0, 0.5, 2.0]))  # ratios 1.5, 1, 0.5, 2 (old logp 0)
+    adv = torch.tensor([1.0, -1.0, 1.0, 5.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the last chunk is after success: ignored
+    loss, clip_frac = masked_clipped_loss(logp, torch.zeros(4), adv, mask, 0.2, 0.28)
+    # min(1.5*1, 1.28*1) = 1.28; min(-1, -1) = -1; min(0.5, 0.8) = 0.5
+    assert loss.item() == pytest.approx(-(1.28 - 1 + 0.5) / 3)
+    assert clip_frac == pytest.approx(2 / 3)
+
+
+def test_episode_grpo_updates_and_resume_equals_uninterrupted(data, tmp_path):
+    judge = SuccessModel(SuccessModelConfig(channels=[8, 8], hidden_size=8, task_embedding=4), image_size=64,
+                         tasks=data.tasks)
+    wm = _world_model(data)
+    common = CommonConfig(seed=2, num_threads=2)
+    cfg = dict(mode="episode", steps=2, batch_starts=2, group_size=3, horizon=2, checkpoint_interval=1,
+               filter_groups=False, progress_coef=1.0, ppo_epochs=1, lr=1e-3)
+    full_policy = _policy(data)
+    base = {k: v.clone() for k, v in full_policy.state_dict().items()}
+    s = train_episode_grpo(RFTConfig(**cfg), common, data, wm, full_policy, judge, 0.5, tmp_path / "a",
+                           tmp_path / "a.ckpt", progress=False)
+    assert any(not torch.equal(base[k], v) for k, v in full_policy.state_dict().items())
+    assert s["groups_total"] == 4 and (tmp_path / "a" / "curves.csv").exists()
+    part = _policy(data)
+    train_episode_grpo(RFTConfig(**{**cfg, "steps": 1}), common, data, wm, part, judge, 0.5, tmp_path / "b",
+                       tmp_path / "b.ckpt", progress=False)
+    resumed = _policy(data)
+    train_episode_grpo(RFTConfig(**cfg), common, data, wm, resumed, judge, 0.5, tmp_path / "b", tmp_path / "b.ckpt",
+                       resume=True, progress=False)
+    for (name, x), (_, y) in zip(full_policy.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(x, y), name
+    # all-equal outcomes with filtering: every group dropped, counted, nothing learned
+    none = _policy(data)
+    s = train_episode_grpo(RFTConfig(**{**cfg, "steps": 1, "progress_coef": 0.0, "filter_groups": True}), common,
+                           data, wm, none, judge, 0.999999, tmp_path / "c", tmp_path / "c.ckpt", progress=False)
+    assert s["groups_dropped"] == 2
+    assert all(torch.equal(base[k], v) for k, v in none.state_dict().items())
+
+
+def test_honesty_numbers_by_hand_and_the_warning():
+    tasks = ["push", "reach"]
+    task_of = np.array(["push"] * 4 + ["reach"] * 4)
+    real = np.array([1, 0, 0, 0, 1, 1, 0, 0], bool)
+    imagined = np.array([1, 1, 1, 1, 1, 1, 1, 0], bool)
+    h = honesty_from_outcomes(tasks, task_of, imagined, real)
+    assert h["per_task"]["push"] == {"episodes": 4, "imagined_success": 1.0, "real_success": 0.25}
+    assert h["mean_abs_difference"] == pytest.approx((0.75 + 0.25) / 2)
+    assert h["hallucination_rate"] == pytest.approx(4 / 5)
+    assert h["warnings"] and "cannot tell success from failure" in h["warnings"][0]
+    honest = honesty_from_outcomes(tasks, task_of, real.copy(), real)
+    assert honest["hallucination_rate"] == 0 and not honest["warnings"] and honest["mean_abs_difference"] == 0
+
+
+def test_rft_config_names_bad_episode_values():
+    with pytest.raises(ConfigError, match="rft.mode"):
+        RFTConfig(mode="trajectory")
+    with pytest.raises(ConfigError, match="rft.success_threshold_source"):
+        RFTConfig(success_threshold_source="guess")
+    with pytest.raises(ConfigError, match="rft.honesty_seed_offset"):
+        RFTConfig(honesty_seed_offset=1_000_000)
+
+
+SETS = ["sim.tasks=[push, drawer-open]", "sim.num_workers=0", "sim.max_episode_steps=24",
+        "collect_rollouts.episodes_per_task=2", "collect_rollouts.post_success_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def rollouts(data, tmp_path_factory):
+    """An untrained policy's rollouts recorded by the collect-rollouts stage, and the policy artifact."""
+    tmp = tmp_path_factory.mktemp("rollouts")
+    policy_dir = tmp / "policy"
+    _policy(data).save_pretrained(tmp / "policy_raw")
+    storage.write_artifact(tmp / "policy_raw", str(policy_dir), kind="policy", config={})
+    s = stages.collect_rollouts(load_config("params.yaml", "quick", SETS), str(policy_dir), str(tmp / "rollouts"),
+                                progress=False)
+    return tmp / "rollouts", policy_dir, s
+
+
+def test_collect_rollouts_keeps_failures_as_policy_data_on_training_seeds(data, rollouts, tmp_path):
+    _, policy_dir, s = rollouts
+    sets = SETS
+    out = load_dataset(rollouts[0])
+    assert s["episodes"] == 4 and {e["source"] for e in out.episodes} == {"policy"}
+    assert not all(e["success"] for e in out.episodes)  # an untrained policy fails; failures are kept
+    assert all(500_000 <= e["seed"] < 1_000_000 for e in out.episodes)
+    assert all(e["length"] == 24 for e in out.episodes if not e["success"])
+    both = concat_datasets([data, out])
+    assert [e["source"] for e in both.episodes].count("policy") == 4
+    assert both.episodes[-1]["dataset_to_index"] == len(both.images)
+    with pytest.raises(ConfigError, match="evaluation seeds"):
+        stages.collect_rollouts(load_config("params.yaml", "quick", sets + ["collect_rollouts.seed_offset=999999"]),
+                                str(policy_dir), str(tmp_path / "r2"), progress=False)
+    with pytest.raises(ConfigError, match="expert data"):
+        stages.collect_rollouts(load_config("params.yaml", "quick", sets + ["collect_rollouts.seed_offset=0"]),
+                                str(policy_dir), str(tmp_path / "r3"), progress=False)
+
+
+def test_datasets_without_a_source_column_read_as_expert(tiny_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "old"
+    shutil.copytree(tiny_dataset[0], root)
+    path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.drop(["source"]), path)
+    assert {e["source"] for e in load_dataset(root).episodes} == {"expert"}
+
+
+def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_dataset, rollouts, tmp_path):
+    """The stages end to end on tiny sizes: ground the world model on rollouts, train the judge, run
+    episode-mode RFT; the artifact holds honesty.json from real episodes on held-out training seeds."""
+    import json
+
+    dataset, (roll, policy_dir, _) = str(tiny_dataset[0]), rollouts
+    sets = SETS + [f"world_model.{k}={v}" for k, v in (("channels", "[8, 16, 32]"), ("patch_size", 2),
+                   ("hidden_size", 32), ("num_layers", 1), ("num_heads", 2), ("frame_channels", 8), ("cond_size", 16),
+                   ("steps", 2), ("batch_size", 4), ("warmup_steps", 1), ("eval_chunks", 8), ("eval_batch_size", 8),
+                   ("gif_chunks", 1), ("log_interval", 1), ("checkpoint_interval", 0))]
+    sets += ["success_model.steps=4", "success_model.channels=[8, 8]", "success_model.hidden_size=8",
+             "success_model.batch_size=8", "rft.mode=episode", "rft.steps=1", "rft.batch_starts=2", "rft.group_size=2",
+             "rft.horizon=1", "rft.honesty_episodes_per_task=1", "rft.checkpoint_interval=1"]
+    cfg = load_config("params.yaml", "quick", sets)
+    # the tiny policy was built with the tiny dataset's 2 tasks; expert WM first, then grounded on rollouts
+    stages.train_world_model(cfg, dataset, str(tmp_path / "wm"), progress=False)
+    g = stages.ground_world_model(cfg, dataset, str(roll), str(tmp_path / "wm"), str(tmp_path / "wm_g"), progress=False)
+    manifest = storage.read_manifest(str(tmp_path / "wm_g"))
+    assert manifest["config"]["init_from"] == str(tmp_path / "wm") and len(manifest["config"]["dataset"]) == 2
+    assert g["train"]["train_chunks"] > stages.train_world_model(
+        cfg, dataset, str(tmp_path / "wm2"), progress=False)["train"]["train_chunks"]
+    sm = stages.train_success_model(cfg, [dataset, str(roll)], str(tmp_path / "judge"), progress=False)
+    assert storage.read_manifest(str(tmp_path / "judge"))["kind"] == "success_model"
+    assert "source_policy" in sm["train"]["calibration"]["auc"]
+    with pytest.raises(ValueError, match="--success-model"):
+        stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "x"), progress=False)
+    r = stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "rft"), progress=False,
+                   success_model_uri=str(tmp_path / "judge"), rollouts_uri=str(roll))
+    honesty = json.loads((tmp_path / "rft" / "honesty.json").read_text())
+    assert honesty["episodes"] == 2 and honesty["seeds"] == [900_000, 900_001]
+    assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"
+    assert (tmp_path / "rft" / "model.safetensors").exists()
