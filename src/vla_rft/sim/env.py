@@ -23,6 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 warnings.filterwarnings("ignore", module=r"gymnasium\..*")
 
+_HIGHLIGHT_RGBA = (1.0, 0.85, 0.0, 1.0)  # yellow: stands out on the wood table and the red arm
 _BLANK_MEAN = 5.0  # a real frame of the scene has mean intensity ~100; black frames are ~0
 
 
@@ -65,6 +66,12 @@ class MetaWorldEnv:
             goal_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             if goal_id >= 0:
                 env.model.site_size[goal_id] *= goal_marker_scale
+        if self.task.highlight_geom is not None:
+            geom_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_GEOM, self.task.highlight_geom)
+            if geom_id < 0:
+                raise ValueError(f"{task}: no geom named {self.task.highlight_geom!r} to highlight")
+            env.model.geom_matid[geom_id] = -1  # a material's texture would override the colour
+            env.model.geom_rgba[geom_id] = _HIGHLIGHT_RGBA
         self._env = env
         self._viewer = None
         self._mujoco = mujoco

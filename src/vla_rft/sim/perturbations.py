@@ -33,6 +33,10 @@ _RAND_RANGES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "drawer-close": ((-0.1, 0.9, 0.0), (0.1, 0.9, 0.0)),
     "button-press-topdown": ((-0.1, 0.8, 0.115), (0.1, 0.9, 0.115)),
     "door-open": ((0.0, 0.85, 0.15), (0.1, 0.95, 0.15)),
+    "pick-place": ((-0.1, 0.6, 0.02, -0.1, 0.8, 0.05), (0.1, 0.7, 0.02, 0.1, 0.9, 0.3)),
+    "peg-insert-side": ((0.0, 0.5, 0.02, -0.35, 0.4, -0.001), (0.2, 0.65, 0.02, -0.25, 0.55, 0.001)),
+    "window-open": ((-0.1, 0.7, 0.16), (0.1, 0.9, 0.16)),
+    "window-close": ((0.0, 0.75, 0.2), (0.0, 0.9, 0.2)),
 }
 _HAND_INIT: dict[str, tuple[float, float, float]] = {
     "reach": (0.0, 0.6, 0.2),
@@ -41,6 +45,10 @@ _HAND_INIT: dict[str, tuple[float, float, float]] = {
     "drawer-close": (0.0, 0.6, 0.2),
     "button-press-topdown": (0.0, 0.4, 0.2),
     "door-open": (0.0, 0.6, 0.2),
+    "pick-place": (0.0, 0.6, 0.2),
+    "peg-insert-side": (0.0, 0.6, 0.2),
+    "window-open": (0.0, 0.4, 0.2),
+    "window-close": (0.0, 0.4, 0.2),
 }
 _MIN_XY_MARGIN = 0.01  # keep 1 cm clear of the object-goal redraw radius
 
