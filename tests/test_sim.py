@@ -99,6 +99,16 @@ def test_mt10_task_resets_exactly_and_its_object_and_goal_are_visible(task):
         np.testing.assert_allclose(env.reset(EpisodeSpec(task, 2, Perturbation(kind, 5)))[:3], hand, atol=1e-3)
 
 
+def test_a_goal_shifted_past_meta_worlds_range_reaches_the_expert_unclipped():
+    """Meta-World clips observations to its goal sampling range; the expert must see the real goal."""
+    env = get_env("reach")
+    env.reset(EpisodeSpec("reach", 1_000_026, Perturbation("goal", 5)))
+    goal = env.goal_position()
+    assert goal[0] > 0.1, "this episode's goal should lie past Meta-World's range (x <= 0.1)"
+    obs = env.step(np.zeros(4)).obs
+    np.testing.assert_allclose(obs[36:39], goal, atol=1e-9)
+
+
 def test_pick_place_puck_is_drawn_yellow():
     """The dark-red puck is a 2 px speck on the wood at 64x64; drawn yellow it stands out."""
     frame = _first_frames(EpisodeSpec("pick-place", 3), steps=0)[0].astype(int)
