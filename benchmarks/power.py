@@ -1,7 +1,7 @@
 """Evaluation power: how wide is the headline's interval on the nominal gain, for a given design?
 
     .venv/bin/python benchmarks/power.py                      # inputs: benchmarks/results.json
-    .venv/bin/python benchmarks/power.py --base-eval runs/std/evaluation/base.json \
+    .venv/bin/python benchmarks/power.py --base-eval runs/std/evaluation \
         --episodes-per-second 4.1 --rft-minutes 5.5
 
 The headline benchmark compares the base policy with RFT run over S seeds, all evaluated on the
@@ -130,7 +130,8 @@ def episodes_per_policy(n: int, tasks: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results.json"))
-    ap.add_argument("--base-eval", help="an MT10 evaluation's <policy>.json: base rates of its tasks")
+    ap.add_argument("--base-eval", help="an MT10 evaluation directory (its metrics.json): base rates per task")
+    ap.add_argument("--base-name", default="base", help="the base policy's name in that evaluation")
     ap.add_argument("--episodes-per-second", type=float, default=None,
                     help="measured evaluation throughput of one policy (2 workers)")
     ap.add_argument("--rft-minutes", type=float, default=5.5, help="one RFT seed, whole stage")
@@ -142,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate(json.loads(Path(args.results).read_text()))
     base_rates: dict[str, float] = {}
     if args.base_eval:
-        ev = json.loads(Path(args.base_eval).read_text())
-        for task in ev["tasks"]:
-            eps = [e for e in ev["episodes"] if e["suite"] == "nominal" and e["task"] == task]
-            if eps:
-                base_rates[task] = sum(e["success"] for e in eps) / len(eps)
+        metrics = json.loads((Path(args.base_eval) / "metrics.json").read_text())
+        for task, cell in metrics["policies"][args.base_name]["cells"]["nominal"].items():
+            if cell["applicable"]:
+                base_rates[task] = cell["success_rate"]
     sc = scenarios(cal, base_rates)
     ns = [10, 20, 30, 40, 50, 60, 80, 100]
     ss = [2, 3, 4, 5, 6, 8, 10]

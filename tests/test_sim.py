@@ -165,3 +165,13 @@ def test_inactive_envs_do_not_step_and_success_step_is_exact():
                 assert t + int(step.first_success[0]) == rec.first_success_step
                 break
             t += 8
+
+
+def test_standard_suite_is_meta_world_mt10_and_quick_a_subset():
+    from vla_rft.config import load_config
+
+    mt10 = {"reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+            "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"}
+    standard, quick = load_config(profile="standard").sim.tasks, load_config(profile="quick").sim.tasks
+    assert {TASKS[t].env_name for t in standard} == mt10 and len(standard) == 10
+    assert set(quick) < set(standard)
