@@ -175,3 +175,12 @@ def test_standard_suite_is_meta_world_mt10_and_quick_a_subset():
     standard, quick = load_config(profile="standard").sim.tasks, load_config(profile="quick").sim.tasks
     assert {TASKS[t].env_name for t in standard} == mt10 and len(standard) == 10
     assert set(quick) < set(standard)
+
+
+def test_peg_box_shifts_stay_within_the_robots_reach():
+    """Meta-World's hand cannot go below y = 0.40: a shifted box (the goal) stays at y >= 0.41."""
+    for seed in range(100):
+        for kind in ("goal", "combined"):
+            layout = episode_layout(EpisodeSpec("peg-insert-side", seed, Perturbation(kind, 5)))
+            assert layout.rand_vec[4] >= 0.41
+            assert np.linalg.norm(layout.goal_shift[:2]) == pytest.approx(0.05)

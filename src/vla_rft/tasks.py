@@ -30,6 +30,9 @@ class TaskSpec:
     #: a geom drawn in a bright colour (no material) so a pixel policy can see it at 64x64: colour
     #: only, the physics is unchanged (pick-place's dark-red puck is a 2 px speck on the wood)
     highlight_geom: str | None = None
+    #: a goal shift is redrawn until the goal's y stays at or above this: Meta-World's hand cannot
+    #: go below y = 0.40, so peg-insert-side's box shifted closer is out of the robot's reach
+    goal_min_y: float | None = None
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -57,7 +60,7 @@ TASKS: dict[str, TaskSpec] = {
         # offset), so a goal shift moves the box. Redrawn until peg and box are 0.1 m apart in xy.
         TaskSpec("peg-insert-side", "peg-insert-side-v3", "SawyerPegInsertionSideV3Policy",
                  "insert the peg into the hole in the box from the side",
-                 object_slice=(0, 3), goal_slice=(3, 6), min_object_goal_xy=0.1),
+                 object_slice=(0, 3), goal_slice=(3, 6), min_object_goal_xy=0.1, goal_min_y=0.41),
         # window-open / window-close: the window body position only; the goal is a fixed offset
         TaskSpec("window-open", "window-open-v3", "SawyerWindowOpenV3Policy", "slide the window open",
                  object_slice=(0, 3), goal_slice=None),

@@ -149,7 +149,8 @@ def episode_layout(spec: EpisodeSpec) -> Layout:
     zero = np.zeros(3)
     shift_rng = _rng("shift", spec.task, spec.seed, pert.kind, int(round(pert.magnitude_cm * 1000)))
     # Redraw directions (not magnitudes) until the shifted layout keeps Meta-World's
-    # object-goal separation, so every perturbed episode moves exactly by the claimed amount.
+    # object-goal separation and a reachable goal, so every perturbed episode moves exactly by
+    # the claimed amount.
     for _ in range(256):
         obj_shift = (_xy_shift(shift_rng, metres, task.object_shift_axes)
                      if pert.moves("object") and task.object_slice else zero)
@@ -160,9 +161,12 @@ def episode_layout(spec: EpisodeSpec) -> Layout:
             vec[slice(*task.object_slice)] += obj_shift
         if task.goal_slice:
             vec[slice(*task.goal_slice)] += goal_shift
-        if task.min_object_goal_xy == 0 or np.linalg.norm(vec[0:2] - vec[3:5]) >= min_xy:
+        separated = task.min_object_goal_xy == 0 or np.linalg.norm(vec[0:2] - vec[3:5]) >= min_xy
+        reachable = (task.goal_min_y is None or not goal_shift.any()
+                     or vec[task.goal_slice[0] + 1] >= task.goal_min_y)
+        if separated and reachable:
             return Layout(vec, hand + hand_shift, obj_shift, goal_shift, hand_shift)
     raise ValueError(
         f"perturbation {pert.name} on {spec.task} seed {spec.seed} cannot keep object and goal "
-        f"{task.min_object_goal_xy} m apart; use a smaller magnitude"
+        f"{task.min_object_goal_xy} m apart with the goal reachable; use a smaller magnitude"
     )
