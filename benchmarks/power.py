@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             if cell["applicable"]:
                 base_rates[task] = cell["success_rate"]
     sc = scenarios(cal, base_rates)
-    ns = [10, 20, 30, 40, 50, 60, 80, 100]
+    ns = [10, 20, 25, 30, 40, 50, 60, 80, 100]
     ss = [2, 3, 4, 5, 6, 8, 10]
     grid = {name: {f"{n}x{s}": half_width(c, n, s) for n in ns for s in ss} for name, c in sc.items()}
     check = half_width(sc["measured"], cal["episodes_per_task"], cal["seeds"])
