@@ -132,7 +132,8 @@ def test_run_form_has_typed_knobs_with_defaults_from_params_yaml():
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     want = {  # name: (type, default); 0 = the profile's value, for knobs a profile sets
-        "profile": ("STRING", raw["profile"]), "tasks": ("STRING", ", ".join(raw["sim"]["tasks"])),
+        "profile": ("STRING", raw["profile"]), "tasks": ("STRING", "" if any("tasks" in (p.get("sim") or {}) for p in raw["profiles"].values())
+                  else ", ".join(raw["sim"]["tasks"])),
         "episodes_per_task": ("NUMBER_INTEGER", 0), "world_model_steps": ("NUMBER_INTEGER", 0),
         "bc_steps": ("NUMBER_INTEGER", 0), "rft_steps": ("NUMBER_INTEGER", 0), "group_size": ("NUMBER_INTEGER", 0),
         "eval_episodes_per_task": ("NUMBER_INTEGER", 0), "device": ("STRING", raw["common"]["device"]),
@@ -157,7 +158,7 @@ def test_knobs_override_the_profile_and_overrides_override_knobs():
     raw = json.loads(params_json)
     unset = resolve_config(params_json, "quick", [], rft_steps=0, tasks="", group_size=0)
     assert unset["rft"]["steps"] == raw["profiles"]["quick"]["rft"]["steps"]  # 0: the profile's value
-    assert unset["sim"]["tasks"] == raw["sim"]["tasks"]
+    assert unset["sim"]["tasks"] == raw["profiles"]["quick"]["sim"].get("tasks", raw["sim"]["tasks"])
     typed = resolve_config(params_json, "quick", [], rft_steps=7, tasks="push, drawer-open", group_size=3)
     assert typed["rft"]["steps"] == 7 and typed["rft"]["group_size"] == 3
     assert typed["sim"]["tasks"] == ["push", "drawer-open"]

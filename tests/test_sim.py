@@ -36,7 +36,8 @@ def test_different_seeds_give_different_scenes():
     assert np.abs(a.astype(int) - b.astype(int)).sum() > 0
 
 
-@pytest.mark.parametrize("task", ["push", "drawer-open", "drawer-close", "button-press-topdown", "door-open"])
+@pytest.mark.parametrize("task", ["push", "drawer-open", "drawer-close", "button-press-topdown", "door-open",
+                                  "pick-place", "peg-insert-side", "window-open", "window-close"])
 @pytest.mark.parametrize("cm", [2.5, 5.0])
 def test_object_shift_moves_object_by_claimed_amount(task, cm):
     env = get_env(task)
@@ -48,7 +49,7 @@ def test_object_shift_moves_object_by_claimed_amount(task, cm):
     assert abs(moved[2] - nominal[2]) < 2e-3
 
 
-@pytest.mark.parametrize("task", ["push", "reach"])
+@pytest.mark.parametrize("task", ["push", "reach", "pick-place", "peg-insert-side"])
 def test_goal_shift_moves_goal_only(task):
     env = get_env(task)
     env.reset(EpisodeSpec(task, 4))
@@ -73,23 +74,54 @@ def test_goal_shift_does_not_apply_where_goal_is_fixed_to_object():
     assert np.all(layout.goal_shift == 0)
 
 
-def test_push_layouts_keep_object_goal_separation():
+@pytest.mark.parametrize("task", ["push", "pick-place", "peg-insert-side"])
+def test_layouts_keep_meta_worlds_object_goal_separation(task):
+    """Meta-World's reset loops forever on a frozen layout closer than this (push, pick-place: 0.15 m)."""
     for seed in range(50):
-        layout = episode_layout(EpisodeSpec("push", seed, Perturbation("combined", 5)))
-        assert np.linalg.norm(layout.rand_vec[0:2] - layout.rand_vec[3:5]) >= 0.15
+        layout = episode_layout(EpisodeSpec(task, seed, Perturbation("combined", 5)))
+        assert np.linalg.norm(layout.rand_vec[0:2] - layout.rand_vec[3:5]) >= TASKS[task].min_object_goal_xy
 
 
-def test_bad_perturbation_and_task_are_named():
-    with pytest.raises(ValueError, match="unknown perturbation kind 'wind'"):
-        Perturbation("wind", 1)
-    with pytest.raises(ValueError, match="unknown task 'fly'"):
-        EpisodeSpec("fly", 0)
+@pytest.mark.parametrize("task", ["pick-place", "peg-insert-side", "window-open", "window-close"])
+def test_mt10_task_resets_exactly_and_its_object_and_goal_are_visible(task):
+    """Same spec, same frame; a 5 cm shift of the object (or a free goal) visibly changes the frame."""
+    env = get_env(task)
+    nominal = _first_frames(EpisodeSpec(task, 2), steps=0)[0].astype(int)
+    assert nominal.mean() > 50, "frame is blank"
+    np.testing.assert_array_equal(_first_frames(EpisodeSpec(task, 2), steps=0)[0], nominal)
+    hand = env.reset(EpisodeSpec(task, 2))[:3]
+    for kind in ("object", "goal"):
+        if not applies(task, Perturbation(kind, 5)):
+            continue
+        shifted = _first_frames(EpisodeSpec(task, 2, Perturbation(kind, 5)), steps=0)[0].astype(int)
+        changed = (np.abs(shifted - nominal).sum(-1) > 30).sum()
+        assert changed >= 6, f"{task}: a 5 cm {kind} shift changes only {changed} px at 64x64"
+        np.testing.assert_allclose(env.reset(EpisodeSpec(task, 2, Perturbation(kind, 5)))[:3], hand, atol=1e-3)
+
+
+def test_a_goal_shifted_past_meta_worlds_range_reaches_the_expert_unclipped():
+    """Meta-World clips observations to its goal sampling range; the expert must see the real goal."""
+    env = get_env("reach")
+    env.reset(EpisodeSpec("reach", 1_000_026, Perturbation("goal", 5)))
+    goal = env.goal_position()
+    assert goal[0] > 0.1, "this episode's goal should lie past Meta-World's range (x <= 0.1)"
+    obs = env.step(np.zeros(4)).obs
+    np.testing.assert_allclose(obs[36:39], goal, atol=1e-9)
+
+
+def test_pick_place_puck_is_drawn_yellow():
+    """The dark-red puck is a 2 px speck on the wood at 64x64; drawn yellow it stands out."""
+    frame = _first_frames(EpisodeSpec("pick-place", 3), steps=0)[0].astype(int)
+    yellow = (frame[..., 0] > 180) & (frame[..., 1] > 150) & (frame[..., 2] < 80)
+    assert yellow.sum() >= 3, "the puck is not visible as yellow pixels"
+    layout = episode_layout(EpisodeSpec("pick-place", 3))
+    np.testing.assert_allclose(get_env("pick-place").object_position()[:2], layout.rand_vec[:2], atol=1e-3)
 
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_expert_succeeds(task):
     env = get_env(task)
-    rec = record_expert_episode(env, EpisodeSpec(task, 11), max_steps=200)
+    rec = record_expert_episode(env, EpisodeSpec(task, 11), max_steps=150)  # the evaluation's step limit
     assert rec.success, f"{task} expert failed"
     assert rec.frames.shape[1:] == (64, 64, 3)
     assert rec.length == rec.first_success_step + 8
@@ -133,3 +165,22 @@ def test_inactive_envs_do_not_step_and_success_step_is_exact():
                 assert t + int(step.first_success[0]) == rec.first_success_step
                 break
             t += 8
+
+
+def test_standard_suite_is_meta_world_mt10_and_quick_a_subset():
+    from vla_rft.config import load_config
+
+    mt10 = {"reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+            "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"}
+    standard, quick = load_config(profile="standard").sim.tasks, load_config(profile="quick").sim.tasks
+    assert {TASKS[t].env_name for t in standard} == mt10 and len(standard) == 10
+    assert set(quick) < set(standard)
+
+
+def test_peg_box_shifts_stay_within_the_robots_reach():
+    """Meta-World's hand cannot go below y = 0.40: a shifted box (the goal) stays at y >= 0.41."""
+    for seed in range(100):
+        for kind in ("goal", "combined"):
+            layout = episode_layout(EpisodeSpec("peg-insert-side", seed, Perturbation(kind, 5)))
+            assert layout.rand_vec[4] >= 0.41
+            assert np.linalg.norm(layout.goal_shift[:2]) == pytest.approx(0.05)

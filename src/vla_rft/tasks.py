@@ -27,6 +27,12 @@ class TaskSpec:
     #: axes an object shift may use: the drawers' cases cannot move in y (Meta-World fixes y; pushed
     #: back, the case collides and the drawer pops open during reset), so they shift along x only
     object_shift_axes: str = "xy"
+    #: a geom drawn in a bright colour (no material) so a pixel policy can see it at 64x64: colour
+    #: only, the physics is unchanged (pick-place's dark-red puck is a 2 px speck on the wood)
+    highlight_geom: str | None = None
+    #: a goal shift is redrawn until the goal's y stays at or above this: Meta-World's hand cannot
+    #: go below y = 0.40, so peg-insert-side's box shifted closer is out of the robot's reach
+    goal_min_y: float | None = None
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -43,6 +49,22 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("button-press-topdown", "button-press-topdown-v3", "SawyerButtonPressTopdownV3Policy",
                  "press the button down from the top", object_slice=(0, 3), goal_slice=None),
         TaskSpec("door-open", "door-open-v3", "SawyerDoorOpenV3Policy", "open the door",
+                 object_slice=(0, 3), goal_slice=None),
+        # pick-place: puck xyz then goal xyz (the goal floats 5-30 cm above the table); redrawn
+        # like push until 0.15 m apart in xy
+        TaskSpec("pick-place", "pick-place-v3", "SawyerPickPlaceV3Policy",
+                 "pick up the yellow puck and place it at the blue goal",
+                 object_slice=(0, 3), goal_slice=(3, 6), min_object_goal_xy=0.15,
+                 highlight_geom="objGeom"),
+        # peg-insert-side: peg xyz then the box's xyz; the goal is the box's hole (box + fixed
+        # offset), so a goal shift moves the box. Redrawn until peg and box are 0.1 m apart in xy.
+        TaskSpec("peg-insert-side", "peg-insert-side-v3", "SawyerPegInsertionSideV3Policy",
+                 "insert the peg into the hole in the box from the side",
+                 object_slice=(0, 3), goal_slice=(3, 6), min_object_goal_xy=0.1, goal_min_y=0.41),
+        # window-open / window-close: the window body position only; the goal is a fixed offset
+        TaskSpec("window-open", "window-open-v3", "SawyerWindowOpenV3Policy", "slide the window open",
+                 object_slice=(0, 3), goal_slice=None),
+        TaskSpec("window-close", "window-close-v3", "SawyerWindowCloseV3Policy", "slide the window closed",
                  object_slice=(0, 3), goal_slice=None),
     )
 }

@@ -23,6 +23,8 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 warnings.filterwarnings("ignore", module=r"gymnasium\..*")
 
+_HIGHLIGHT_RGBA = (1.0, 0.85, 0.0, 1.0)  # yellow: stands out on the wood table and the red arm
+_MAX_SHIFT_M = 0.1  # evaluate.magnitudes_cm allows up to 10 cm
 _BLANK_MEAN = 5.0  # a real frame of the scene has mean intensity ~100; black frames are ~0
 
 
@@ -58,6 +60,14 @@ class MetaWorldEnv:
             del env.sawyer_observation_space
         except AttributeError:
             pass
+        # Meta-World clips every observation to its goal *sampling* range, so a goal shifted past
+        # it (a perturbation suite) reaches the expert clipped and the expert aims at the wrong
+        # place (reach goal-5cm: 92 %). Widen that range by the largest shift a suite may apply.
+        if env.goal_space is not None:
+            from gymnasium.spaces import Box
+
+            pad = np.array([_MAX_SHIFT_M, _MAX_SHIFT_M, 0.0])
+            env.goal_space = Box(env.goal_space.low - pad, env.goal_space.high + pad, dtype=np.float64)
         env._set_task_called = True
         env._freeze_rand_vec = True
         env.model.vis.quality.offsamples = 0
@@ -65,6 +75,12 @@ class MetaWorldEnv:
             goal_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             if goal_id >= 0:
                 env.model.site_size[goal_id] *= goal_marker_scale
+        if self.task.highlight_geom is not None:
+            geom_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_GEOM, self.task.highlight_geom)
+            if geom_id < 0:
+                raise ValueError(f"{task}: no geom named {self.task.highlight_geom!r} to highlight")
+            env.model.geom_matid[geom_id] = -1  # a material's texture would override the colour
+            env.model.geom_rgba[geom_id] = _HIGHLIGHT_RGBA
         self._env = env
         self._viewer = None
         self._mujoco = mujoco

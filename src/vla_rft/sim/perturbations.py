@@ -32,7 +32,11 @@ _RAND_RANGES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "drawer-open": ((-0.1, 0.9, 0.0), (0.1, 0.9, 0.0)),
     "drawer-close": ((-0.1, 0.9, 0.0), (0.1, 0.9, 0.0)),
     "button-press-topdown": ((-0.1, 0.8, 0.115), (0.1, 0.9, 0.115)),
-    "door-open": ((0.0, 0.85, 0.15), (0.1, 0.95, 0.15)),
+    "door-open": ((0.02, 0.85, 0.15), (0.1, 0.95, 0.15)),
+    "pick-place": ((-0.1, 0.6, 0.02, -0.1, 0.8, 0.05), (0.1, 0.7, 0.02, 0.1, 0.9, 0.3)),
+    "peg-insert-side": ((0.0, 0.5, 0.02, -0.35, 0.4, -0.001), (0.2, 0.65, 0.02, -0.25, 0.55, 0.001)),
+    "window-open": ((-0.1, 0.7, 0.16), (0.1, 0.9, 0.16)),
+    "window-close": ((0.0, 0.75, 0.2), (0.0, 0.9, 0.2)),
 }
 _HAND_INIT: dict[str, tuple[float, float, float]] = {
     "reach": (0.0, 0.6, 0.2),
@@ -41,6 +45,10 @@ _HAND_INIT: dict[str, tuple[float, float, float]] = {
     "drawer-close": (0.0, 0.6, 0.2),
     "button-press-topdown": (0.0, 0.4, 0.2),
     "door-open": (0.0, 0.6, 0.2),
+    "pick-place": (0.0, 0.6, 0.2),
+    "peg-insert-side": (0.0, 0.6, 0.2),
+    "window-open": (0.0, 0.4, 0.2),
+    "window-close": (0.0, 0.4, 0.2),
 }
 _MIN_XY_MARGIN = 0.01  # keep 1 cm clear of the object-goal redraw radius
 
@@ -141,7 +149,8 @@ def episode_layout(spec: EpisodeSpec) -> Layout:
     zero = np.zeros(3)
     shift_rng = _rng("shift", spec.task, spec.seed, pert.kind, int(round(pert.magnitude_cm * 1000)))
     # Redraw directions (not magnitudes) until the shifted layout keeps Meta-World's
-    # object-goal separation, so every perturbed episode moves exactly by the claimed amount.
+    # object-goal separation and a reachable goal, so every perturbed episode moves exactly by
+    # the claimed amount.
     for _ in range(256):
         obj_shift = (_xy_shift(shift_rng, metres, task.object_shift_axes)
                      if pert.moves("object") and task.object_slice else zero)
@@ -152,9 +161,12 @@ def episode_layout(spec: EpisodeSpec) -> Layout:
             vec[slice(*task.object_slice)] += obj_shift
         if task.goal_slice:
             vec[slice(*task.goal_slice)] += goal_shift
-        if task.min_object_goal_xy == 0 or np.linalg.norm(vec[0:2] - vec[3:5]) >= min_xy:
+        separated = task.min_object_goal_xy == 0 or np.linalg.norm(vec[0:2] - vec[3:5]) >= min_xy
+        reachable = (task.goal_min_y is None or not goal_shift.any()
+                     or vec[task.goal_slice[0] + 1] >= task.goal_min_y)
+        if separated and reachable:
             return Layout(vec, hand + hand_shift, obj_shift, goal_shift, hand_shift)
     raise ValueError(
         f"perturbation {pert.name} on {spec.task} seed {spec.seed} cannot keep object and goal "
-        f"{task.min_object_goal_xy} m apart; use a smaller magnitude"
+        f"{task.min_object_goal_xy} m apart with the goal reachable; use a smaller magnitude"
     )
