@@ -94,7 +94,9 @@ def test_killed_rank_then_rerun_resumes_to_the_uninterrupted_result(runs, tiny_d
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", SCRIPT,
            "policy", str(tiny_dataset[0]), str(out), "6"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = out / "ckpt" / "checkpoint.safetensors"
+    from vla_rft.policy.train import CHECKPOINT_NAME
+
+    ckpt = out / "ckpt" / CHECKPOINT_NAME
     deadline = time.time() + 240
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
