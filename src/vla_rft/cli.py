@@ -55,12 +55,20 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="discard checkpoints of an earlier run; by default a re-run resumes from them")
 
 
+def _is_main_rank() -> bool:
+    from vla_rft import distributed
+
+    return distributed.context().is_main
+
+
 def _cmd_train_world_model(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
     cfg = load_config(args.params, args.profile, args.overrides)
     s = stages.train_world_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
                                  checkpoint_dir=args.checkpoint_dir, restart=args.restart, init_from=args.init_from)
+    if not _is_main_rank():  # under torchrun, rank 0 reports; the artifact is already written
+        return 0
     fid = s["fidelity"]
     print(f"train-world-model: {s['train'].get('steps')} steps{' (resumed)' if s['resumed'] else ''}, "
           f"val PSNR {fid['model']['whole']['mean']['psnr']:.2f} dB (copy-last {fid['copy_last']['whole']['mean']['psnr']:.2f}), "
@@ -74,6 +82,8 @@ def _cmd_pretrain_policy(args: argparse.Namespace) -> int:
     cfg = load_config(args.params, args.profile, args.overrides)
     s = stages.pretrain_policy(cfg, args.dataset, args.out, overwrite=args.overwrite,
                                checkpoint_dir=args.checkpoint_dir, restart=args.restart)
+    if not _is_main_rank():  # under torchrun, rank 0 reports; the artifact is already written
+        return 0
     t = s["train"]
     print(f"pretrain-policy: {t.get('steps')} steps{' (resumed)' if s['resumed'] else ''}, final val loss "
           f"{t.get('final_val_loss')}, {s['seconds']:.1f} s -> {s['uri']}")
@@ -87,6 +97,8 @@ def _cmd_rft(args: argparse.Namespace) -> int:
     s = stages.rft(cfg, args.dataset, args.world_model, args.policy, args.out, overwrite=args.overwrite,
                    checkpoint_dir=args.checkpoint_dir, restart=args.restart, verify=not args.no_verify,
                    success_model_uri=args.success_model, rollouts_uri=args.rollouts)
+    if not _is_main_rank():
+        return 0
     if s["train"].get("mode") == "episode":
         return _report_rft_episode(args, s)
     t, fid = s["train"], s["reward_fidelity"] or {}

@@ -17,6 +17,7 @@ import numpy as np
 
 from vla_rft import registry as registry_mod
 from vla_rft import storage
+from vla_rft import distributed
 from vla_rft.checkpointing import prepare_checkpoint_dir
 from vla_rft.config import Config
 from vla_rft.tasks import ACTION_NAMES, FPS, STATE_NAMES, TASKS
@@ -153,8 +154,25 @@ def _dataset_and_checkpoints(cfg: Config, section: str, dataset_uri: str, out_ur
     data = _load_dataset_artifact(cfg, dataset_uri, cache)
     settings = {"common": cfg.section("common"), section: cfg.section(section),
                 "dataset": storage.read_manifest(dataset_uri)["files"]}
-    ckpt, resume = prepare_checkpoint_dir(out_uri, section, settings, checkpoint_dir, restart)
+    ckpt, resume = _checkpoints(out_uri, section, settings, checkpoint_dir, restart, cfg.common.device)
     return data, settings, ckpt, resume
+
+
+def _checkpoints(out_uri: str, section: str, settings: dict, checkpoint_dir: str | Path | None, restart: bool,
+                 device: str) -> tuple[Path, bool]:
+    """``prepare_checkpoint_dir`` on rank 0 only (it may clear the directory); every rank gets its answer,
+    so all ranks of a data-parallel run resume from the same checkpoint."""
+    ctx = distributed.init(device)
+    answer = prepare_checkpoint_dir(out_uri, section, settings, checkpoint_dir, restart) if ctx.is_main else None
+    ckpt, resume = ctx.broadcast(answer)
+    return Path(ckpt), resume
+
+
+def _publish(ctx: distributed.Context, out: Path, out_uri: str, **kwargs) -> None:
+    """Rank 0 writes the artifact; the other ranks wait until it is there, then return."""
+    if ctx.is_main:
+        storage.write_artifact(out, out_uri, **kwargs)
+    ctx.barrier()
 
 
 def _refuse_existing(out_uri: str, what: str, overwrite: bool) -> None:
@@ -194,18 +212,21 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
                     else storage.read_manifest(uris[0])["files"]}
         if init_from:
             settings["init_from"] = storage.read_manifest(init_from)["files"]
-        ckpt, resume = prepare_checkpoint_dir(out_uri, "world_model", settings, checkpoint_dir, restart)
+        ckpt, resume = _checkpoints(out_uri, "world_model", settings, checkpoint_dir, restart, cfg.common.device)
         out = Path(tmp) / "out"
         summary = train(cfg.world_model, cfg.common, data, out, ckpt, resume=resume, progress=progress,
                         init_from=init_dir)
-        model = WorldModel.from_pretrained(out, device=cfg.common.device)
-        fidelity = evaluate_world_model(model, data, out / "eval", cfg.world_model, seed=cfg.common.seed,
-                                        progress=progress)
-        storage.write_artifact(out, out_uri, kind="world_model",
-                               config={"profile": cfg.profile, "common": settings["common"],
-                                       "world_model": settings["world_model"],
-                                       "dataset": uris[0] if len(uris) == 1 else uris,
-                                       **({"init_from": init_from} if init_from else {})}, overwrite=overwrite)
+        ctx = distributed.init(cfg.common.device)
+        fidelity = None
+        if ctx.is_main:
+            model = WorldModel.from_pretrained(out, device=cfg.common.device)
+            fidelity = evaluate_world_model(model, data, out / "eval", cfg.world_model, seed=cfg.common.seed,
+                                            progress=progress)
+        _publish(ctx, out, out_uri, kind="world_model",
+                 config={"profile": cfg.profile, "common": settings["common"],
+                         "world_model": settings["world_model"],
+                         "dataset": uris[0] if len(uris) == 1 else uris,
+                         **({"init_from": init_from} if init_from else {})}, overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "fidelity": fidelity, "seconds": time.time() - start}
 
 
@@ -222,7 +243,7 @@ def pretrain_policy(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: b
                                                                 Path(tmp) / "cache", checkpoint_dir, restart)
         out = Path(tmp) / "out"
         summary = train_policy_bc(cfg.policy, cfg.common, data, out, ckpt, resume=resume, progress=progress)
-        storage.write_artifact(out, out_uri, kind="policy",
+        _publish(distributed.init(cfg.common.device), out, out_uri, kind="policy",
                                config={"profile": cfg.profile, "common": settings["common"],
                                        "policy": settings["policy"], "dataset": dataset_uri, "trained_by": "bc"},
                                overwrite=overwrite)
@@ -258,17 +279,18 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         check_compatible(policy, world_model, data)  # shapes and tasks, before any imagined step
         settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
                     "inputs": [storage.read_manifest(u)["files"] for u in (dataset_uri, world_model_uri, policy_uri)]}
-        ckpt, resume = prepare_checkpoint_dir(out_uri, "rft", settings, checkpoint_dir, restart)
+        ckpt, resume = _checkpoints(out_uri, "rft", settings, checkpoint_dir, restart, cfg.common.device)
         out = Path(tmp) / "out"
         fidelity = None
-        if verify and cfg.rft.verify_states:
+        ctx = distributed.init(cfg.common.device)
+        if verify and cfg.rft.verify_states and ctx.is_main:
             fidelity = reward_fidelity(policy, world_model, data, cfg.rft, n_states=cfg.rft.verify_states,
                                        seed=cfg.common.seed)
         summary = train_grpo(cfg.rft, cfg.common, data, world_model, policy, out, ckpt, resume=resume,
                              progress=progress)
         if fidelity is not None:
             (out / "reward_fidelity.json").write_text(json.dumps(fidelity, indent=2))
-        storage.write_artifact(out, out_uri, kind="policy",
+        _publish(ctx, out, out_uri, kind="policy",
                                config={"profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],
                                        "policy": policy_manifest["config"].get("policy"), "base_policy": policy_uri,
                                        "world_model": world_model_uri, "dataset": dataset_uri, "trained_by": "rft"},
@@ -612,6 +634,10 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
                 progress: bool = True) -> dict[str, Any]:
     """GRPO over closed-loop imagined episodes judged by the success model; writes ``honesty.json``
     (imagined vs real success of the base policy on held-out training-range seeds)."""
+    if distributed.context().distributed:
+        from vla_rft.errors import ConfigError
+
+        raise ConfigError("rft.mode=episode trains in one process; run it without torchrun (chunk mode is data-parallel)")
     import copy
 
     from vla_rft.data import concat_datasets

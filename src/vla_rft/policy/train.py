@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vla_rft import distributed
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
@@ -74,13 +75,18 @@ def behaviour_cloning_loss(model: VLAPolicy, images: Tensor, states: Tensor, ins
     return total, {"mse": float(mse.detach()), "nll": float(nll.detach()), "std": float(dist.std.detach().mean())}
 
 
-def random_shift(images: Tensor, pad: int, rng: np.random.Generator) -> Tensor:
-    """DrQ-style random shift of uint8 (B, 3, H, W) images by up to ``pad`` px (edge-replicated)."""
+def random_shift(images: Tensor, pad: int, rng: np.random.Generator, part: tuple[slice, int] | None = None) -> Tensor:
+    """DrQ-style random shift of uint8 (B, 3, H, W) images by up to ``pad`` px (edge-replicated).
+
+    ``part=(slice, global_batch)``: the images are that slice of a global batch; the shifts are
+    drawn for the global batch and sliced, so a rank shifts its images as one process would.
+    """
     if pad <= 0:
         return images
     b, _, h, w = images.shape
-    dy = torch.from_numpy(rng.integers(-pad, pad + 1, size=(b, 1)))
-    dx = torch.from_numpy(rng.integers(-pad, pad + 1, size=(b, 1)))
+    rows_of, draw = (slice(None), b) if part is None else part
+    dy = torch.from_numpy(rng.integers(-pad, pad + 1, size=(draw, 1))[rows_of])
+    dx = torch.from_numpy(rng.integers(-pad, pad + 1, size=(draw, 1))[rows_of])
     rows = (torch.arange(h)[None] + dy).clamp_(0, h - 1)  # (B, H)
     cols = (torch.arange(w)[None] + dx).clamp_(0, w - 1)  # (B, W)
     out = images[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, 3)
@@ -128,12 +134,16 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
     Checkpoints (model, optimizer, RNG states, step, curves) go to ``checkpoint_dir`` every
     ``cfg.checkpoint_interval`` steps, atomically; ``resume=True`` continues from the latest one
     and ends with the same weights and losses as an uninterrupted run. Returns the summary dict.
+    Under torchrun each rank trains on its slice of every global batch (``cfg.batch_size``); rank 0
+    alone evaluates on val and writes checkpoints, the model, curves and the summary file.
     """
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     torch.set_num_threads(common.num_threads)
     torch.manual_seed(common.seed)
     np.random.seed(common.seed)
     device = torch.device(common.device)
+    ctx = distributed.init(common.device)
+    part = ctx.shard(cfg.batch_size, "policy.batch_size")
 
     train_ds = ChunkDataset(data, "train", common.chunk_len)
     try:
@@ -170,26 +180,31 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
         for group in optimizer.param_groups:
             group["lr"] = lr
         rng = np.random.default_rng((common.seed, _SALT_BATCH, step))
-        batch = train_ds.batch(rng.integers(0, len(train_ds), cfg.batch_size))
+        indices = rng.integers(0, len(train_ds), cfg.batch_size)
+        batch = train_ds.batch(indices[part] if ctx.distributed else indices)
         images = batch["image"]
         if cfg.augmentation == "shift":
-            images = random_shift(images, cfg.shift_pad, rng)
+            images = random_shift(images, cfg.shift_pad, rng, (part, cfg.batch_size) if ctx.distributed else None)
         loss, stats = behaviour_cloning_loss(model, images, batch["state"], batch["task_index"],
                                              batch["expert_actions"], cfg.bc_loss, cfg.std_loss_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        ctx.average_gradients(model.parameters())
         if cfg.grad_clip > 0:  # the sigma net is clipped on its own: its NLL gradients never crowd out the mean's
             torch.nn.utils.clip_grad_norm_(model.mean_parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(model.std_parameters(), cfg.grad_clip)
         optimizer.step()
         last_loss = float(loss.detach())
+        if ctx.distributed:  # the global batch's values: means of the ranks' equal shares
+            last_loss, stats["mse"], stats["nll"], stats["std"] = ctx.mean(
+                [last_loss, stats["mse"], stats["nll"], stats["std"]])
         if not math.isfinite(last_loss):
             raise FloatingPointError(f"policy BC loss became {last_loss} at step {step}; lower policy.lr")
         acc = {"loss": acc["loss"] + last_loss, "mse": acc["mse"] + stats["mse"], "nll": acc["nll"] + stats["nll"],
                "std": acc["std"] + stats["std"], "n": acc["n"] + 1}
         done = step + 1
         is_last = done == cfg.steps
-        do_eval = val_ds is not None and (is_last or (cfg.eval_interval and done % cfg.eval_interval == 0))
+        do_eval = ctx.is_main and val_ds is not None and (is_last or (cfg.eval_interval and done % cfg.eval_interval == 0))
         if do_eval or is_last or done % cfg.log_interval == 0:
             val = _evaluate(model, val_ds, val_idx, cfg) if do_eval else None
             n = max(acc["n"], 1)
@@ -201,7 +216,7 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
             })
             acc = {"loss": 0.0, "mse": 0.0, "nll": 0.0, "std": 0.0, "n": 0}
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", **({"val_mse": f"{val['mse']:.4f}"} if val else {}))
-        if cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0 and not is_last:
+        if ctx.is_main and cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0 and not is_last:
             write_curves(out_dir, rows, CURVE_FIELDS)  # curves so far, to watch a long run
             save_checkpoint(ckpt_path, model, optimizer, {
                 "step": done, "seconds": elapsed_before + time.perf_counter() - t0, "rows": rows, "acc": acc,
@@ -211,8 +226,9 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
 
     seconds = elapsed_before + time.perf_counter() - t0
     model.eval()
-    model.save_pretrained(out_dir)
-    write_curves(out_dir, rows, CURVE_FIELDS)
+    if ctx.is_main:
+        model.save_pretrained(out_dir)
+        write_curves(out_dir, rows, CURVE_FIELDS)
     last_val = next((r for r in reversed(rows) if r["val_loss"] is not None), None)
     summary = {
         "steps": cfg.steps,
@@ -229,6 +245,10 @@ def train_policy_bc(cfg: PolicyConfig, common: CommonConfig, data: LoadedDataset
         "val_chunks": 0 if val_ds is None else len(val_idx),
         "device": str(device),
     }
+    if not ctx.is_main:
+        return summary
+    if ctx.distributed:
+        summary["world_size"] = ctx.world_size
     (out_dir / "bc_summary.json").write_text(json.dumps(summary, indent=2))
     if cfg.checkpoint_interval:  # the finished state, so a later resume=True is a no-op
         save_checkpoint(ckpt_path, model, optimizer, {"step": cfg.steps, "seconds": seconds, "rows": rows, "acc": acc,

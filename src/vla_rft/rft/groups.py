@@ -35,13 +35,20 @@ class ImaginedGroups:
 
 @torch.no_grad()
 def imagine_groups(policy, world_model, batch: dict, group_size: int, generator: torch.Generator,
-                   std_range: tuple[float, float] | None, device: torch.device) -> ImaginedGroups:
-    """Sample ``group_size`` chunks per start from ``policy`` and imagine them and the expert chunk."""
+                   std_range: tuple[float, float] | None, device: torch.device,
+                   noise: torch.Tensor | None = None) -> ImaginedGroups:
+    """Sample ``group_size`` chunks per start from ``policy`` and imagine them and the expert chunk.
+
+    ``noise`` (B*G, K, A): the standard-normal draws to use instead of drawing from ``generator``
+    (a data-parallel rank passes its slice of the global batch's draws).
+    """
     b, g = batch["image"].shape[0], group_size
     images, states, tasks = (batch[k].to(device) for k in ("image", "state", "task_index"))
     images_g, states_g, tasks_g = (repeat_group(x, g) for x in (images, states, tasks))
     dist = policy(images_g, states_g, tasks_g, std_range=std_range)
-    noise = torch.randn(dist.mean.shape, generator=generator).to(device)
+    if noise is None:
+        noise = torch.randn(dist.mean.shape, generator=generator)
+    noise = noise.to(device)
     chunks = dist.mean + dist.std * noise
     old_logp = dist.log_prob(chunks)
     actions = torch.cat([chunks.clamp(-1, 1), batch["actions"].to(device)], dim=0)

@@ -19,6 +19,10 @@ One step, top to bottom:
 
 Logged per step (CSV/JSON): reward mean/std, within-group reward std, clip fraction, approx KL,
 entropy, mean action std, grad norm, seconds per step.
+
+Under torchrun the B starts split over the ranks (each group of G stays whole on one rank, so
+rewards and advantages need no communication); each rank keeps its slice of the global draws,
+gradients are averaged before clipping, and rank 0 alone writes checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vla_rft import distributed
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
@@ -132,6 +137,8 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
     """Fine-tune ``policy`` in place with GRPO in ``world_model``; writes the model and curves to ``out_dir``."""
     check_compatible(policy, world_model, data)
     to_policy_task = dataset_to_policy_tasks(policy, data)
+    ctx = distributed.init(common.device)
+    part = ctx.shard(cfg.batch_starts, "rft.batch_starts")
     std_range = exploration_range(cfg)  # passed to every forward: the saved policy keeps its own range
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     device = torch.device(common.device)
@@ -171,13 +178,17 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         t0 = time.time()
         # 1. sample starts
         rng = np.random.default_rng((common.seed, _SALT, step))
-        batch = ds.batch(rng.integers(0, len(ds), size=b))
+        starts = rng.integers(0, len(ds), size=b)
+        batch = ds.batch(starts[part] if ctx.distributed else starts)
         batch["task_index"] = to_policy_task[batch["task_index"]]  # the policy's instruction of each start
         images, states, tasks = (batch[key].to(device) for key in ("image", "state", "task_index"))
 
         # 2. generate and 3. imagine (the world model sees executed, i.e. clipped, actions)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        groups = imagine_groups(policy, world_model, batch, g, gen, std_range, device)
+        noise = None
+        if ctx.distributed:  # this rank's groups' share of the global batch's draws
+            noise = torch.randn((b * g, k, policy.action_dim), generator=gen)[part.start * g:part.stop * g]
+        groups = imagine_groups(policy, world_model, batch, g, gen, std_range, device, noise)
         images_g, states_g, tasks_g, chunks, old_logp = (groups.images, groups.states, groups.tasks, groups.chunks,
                                                          groups.old_logp)
         if cfg.reward_target == "expert_imagined":
@@ -189,7 +200,8 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         rewards = verified_reward(groups.policy_frames, target, cfg)  # (B, G)
         adv = group_advantages(rewards, cfg.advantage_eps)
         if cfg.shuffle_advantages:
-            perm = torch.argsort(torch.rand(b, g, generator=gen), dim=1).to(device)
+            perm = torch.argsort(torch.rand(b, g, generator=gen), dim=1)
+            perm = (perm[part] if ctx.distributed else perm).to(device)
             adv = torch.gather(adv, 1, perm)
         adv = adv.reshape(-1)
 
@@ -215,6 +227,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
                 loss = loss + cfg.bc_coef * bc
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            ctx.average_gradients(policy.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in policy.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             optimizer.step()
@@ -225,25 +238,32 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
                                    ("entropy", entropy), ("grad_norm", grad_norm)):
                     stats[key] += float(value)
         stats = {key: value / cfg.ppo_epochs for key, value in stats.items()}
+        action_std = float(dist.std.detach().mean())
+        if ctx.distributed:  # global values: rewards gathered, means of equal shares averaged
+            rewards = ctx.gather(rewards)
+            names = [key for key in stats if key != "grad_norm"]  # the norm of averaged gradients is global already
+            *values, action_std = ctx.mean([stats[key] for key in names] + [action_std])
+            stats.update(zip(names, values))
         elapsed += time.time() - t0
         row = {
             "step": step + 1, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
             "group_reward_std": float(rewards.std(dim=1).mean()), **stats,
-            "action_std": float(dist.std.detach().mean()), "seconds_per_step": time.time() - t0, "seconds": elapsed,
+            "action_std": action_std, "seconds_per_step": time.time() - t0, "seconds": elapsed,
         }
         rows.append(row)
         bar.update(1)
         bar.set_postfix(reward=f"{row['reward_mean']:.4f}", kl=f"{row['approx_kl']:.2e}")
         done = step + 1
-        if cfg.checkpoint_interval and (done % cfg.checkpoint_interval == 0 or done == cfg.steps):
+        if ctx.is_main and cfg.checkpoint_interval and (done % cfg.checkpoint_interval == 0 or done == cfg.steps):
             save_checkpoint(ckpt_path, policy, optimizer, {"step": done, "seconds": elapsed, "rows": rows})
     bar.close()
 
     policy.eval()
     for name, p in policy.named_parameters():  # hand the policy back as it came: all trainable
         p.requires_grad_(name not in policy._frozen_by_design)
-    policy.save_pretrained(out_dir)
-    write_curves(out_dir, rows, CURVE_FIELDS)
+    if ctx.is_main:
+        policy.save_pretrained(out_dir)
+        write_curves(out_dir, rows, CURVE_FIELDS)
     first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10):]
     summary = {
         "steps": cfg.steps, "seconds": elapsed, "seconds_per_step": elapsed / max(1, len(rows)),
@@ -252,5 +272,8 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         "group_reward_std": float(np.mean([r["group_reward_std"] for r in rows])) if rows else None,
         "trainable_parameters": len(trainable), "shuffle_advantages": cfg.shuffle_advantages,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if ctx.distributed:
+        summary["world_size"] = ctx.world_size
+    if ctx.is_main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_rft import distributed
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
@@ -71,8 +72,13 @@ def training_batch(ds: ChunkDataset, indices: np.ndarray) -> dict[str, torch.Ten
 
 
 def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg: WorldModelConfig,
-                     model: WorldModel) -> tuple[torch.Tensor, dict[str, float]]:
-    """Moving-pixel-weighted L1 + MSE on the decoded frames, plus the state losses."""
+                     model: WorldModel, ctx: distributed.Context | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Moving-pixel-weighted L1 + MSE on the decoded frames, plus the state losses.
+
+    The pixel loss is normalised by the weight summed over the whole batch; with ``ctx`` spanning
+    several ranks that sum is all-reduced (and divided by the world size, since gradients are
+    averaged), so the ranks' mean loss is the one-process loss of the global batch.
+    """
     device = out.frames.device
     b, n = out.frame_index.shape
     idx = out.frame_index.to(batch["future_images"].device)
@@ -81,7 +87,10 @@ def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg:
     weight = 1.0 + cfg.moving_weight * moving_mask(target, context, cfg.moving_threshold)
     err = out.frames - target
     per_pixel = err.abs() + cfg.mse_weight * err.square()
-    pixel = (weight * per_pixel).sum() / (weight.sum() * 3)
+    if ctx is not None and ctx.distributed:
+        pixel = (weight * per_pixel).sum() / (ctx.sum(weight.sum()) * 3 / ctx.world_size)
+    else:
+        pixel = (weight * per_pixel).sum() / (weight.sum() * 3)
     state_norm = (batch["state"].to(device) - model.state_mean) / model.state_std
     future_norm = (batch["future_states"].to(device) - model.state_mean) / model.state_std
     state = (out.states_norm - future_norm).square().mean() + (out.state_estimate_norm - state_norm).square().mean()
@@ -110,12 +119,16 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
 
     Checkpoints go to ``checkpoint_dir`` every ``cfg.checkpoint_interval`` steps and at the end;
     with ``resume=True`` training continues from the checkpoint there (if any). Returns a summary.
+    Under torchrun each rank trains on its slice of every global batch (``cfg.batch_size`` is the
+    global batch); only rank 0 writes checkpoints, the model and the curves.
     """
     from tqdm.auto import tqdm
 
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(common.num_threads)
+    ctx = distributed.init(common.device)
+    part = ctx.shard(cfg.batch_size, "world_model.batch_size")
     device = torch.device(common.device)
     torch.manual_seed(common.seed)
     np.random.seed(common.seed % 2**32)
@@ -144,6 +157,8 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
         step, rows, elapsed, acc, last_loss = (meta[k] for k in ("step", "curves", "seconds", "accumulator", "last_loss"))
 
     def checkpoint() -> None:
+        if not ctx.is_main:
+            return
         save_checkpoint(ckpt_path, model, optimizer, scheduler=scheduler, extra={
             "step": step, "curves": rows, "seconds": elapsed + time.time() - t0, "accumulator": acc,
             "last_loss": last_loss, "architecture": cfg.architecture(), "seed": common.seed,
@@ -155,18 +170,24 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     bar = tqdm(total=cfg.steps, initial=step, desc="world-model", unit="step", leave=False,
                disable=not progress or not sys.stderr.isatty())
     while step < cfg.steps:
-        batch = training_batch(ds, batch_indices(common.seed, step, cfg.batch_size, len(ds)))
+        indices = batch_indices(common.seed, step, cfg.batch_size, len(ds))
         frames = frame_selection(common.seed, step, cfg.batch_size, common.chunk_len, cfg.train_frames)
+        if ctx.distributed:  # this rank's slice of the global batch and of its per-sample frame picks
+            indices, frames = indices[part], frames[part]
+        batch = training_batch(ds, indices)
         out = model(batch["image"], batch["actions"], batch["state"], frames)
-        loss, parts = world_model_loss(out, batch, cfg, model)
+        loss, parts = world_model_loss(out, batch, cfg, model, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        ctx.average_gradients(model.parameters())
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
         last_loss = float(loss.detach())
+        if ctx.distributed:  # the global batch's loss: the mean of the ranks' equal shares
+            last_loss, parts["pixel"], parts["state"] = ctx.mean([last_loss, parts["pixel"], parts["state"]])
         if not math.isfinite(last_loss):
             raise FloatingPointError(f"world-model loss is {last_loss} at step {step}; lower world_model.lr")
         acc = {"loss": acc["loss"] + last_loss, "pixel": acc["pixel"] + parts["pixel"],
@@ -185,11 +206,12 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     checkpoint()
     seconds = elapsed + time.time() - t0
     model.eval()
-    model.save_pretrained(out_dir)
-    write_curves(out_dir, rows, CURVE_FIELDS)
+    if ctx.is_main:
+        model.save_pretrained(out_dir)
+        write_curves(out_dir, rows, CURVE_FIELDS)
     return {
         "steps": cfg.steps, "resumed_from_step": start_step if resume else None, "final_loss": last_loss,
         "final_logged_loss": rows[-1]["loss"] if rows else None, "train_seconds": round(seconds, 2),
         "train_chunks": len(ds), "parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
+        "device": str(device), **({"world_size": ctx.world_size} if ctx.distributed else {}),
     }
