@@ -136,7 +136,8 @@ def test_run_form_has_typed_knobs_with_defaults_from_params_yaml():
                   else ", ".join(raw["sim"]["tasks"])),
         "episodes_per_task": ("NUMBER_INTEGER", 0), "world_model_steps": ("NUMBER_INTEGER", 0),
         "bc_steps": ("NUMBER_INTEGER", 0), "rft_steps": ("NUMBER_INTEGER", 0), "group_size": ("NUMBER_INTEGER", 0),
-        "eval_episodes_per_task": ("NUMBER_INTEGER", 0), "device": ("STRING", raw["common"]["device"]),
+        "eval_episodes_per_task": ("NUMBER_INTEGER", 0), "device": ("STRING", "" if any("device" in (p.get("common") or {}) for p in raw["profiles"].values())
+                                                          else raw["common"]["device"]),
         "gpus": ("NUMBER_INTEGER", 0), "registry": ("STRING", raw["promote"]["registry"]),
         "params_json": ("STRING", None), "overrides": ("LIST", []), "closed_loop": ("BOOLEAN", False),
     }

@@ -35,7 +35,7 @@ from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
 from vla_rft.rft.configuration import RFTConfig
-from vla_rft.rft.grpo import _set_trainable, check_compatible, kl_estimate
+from vla_rft.rft.grpo import _set_trainable, check_compatible, policy_objective
 from vla_rft.rft.groups import exploration_range, repeat_group
 from vla_rft.training import write_curves
 from vla_rft.world_model.imagine import imagine_episodes
@@ -126,7 +126,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
     ], weight_decay=cfg.weight_decay)
     bc_ds = ChunkDataset(data, "train", chunk_len=policy.chunk_len) if cfg.bc_coef > 0 else None
     images_all = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
-    b, g, k, horizon = cfg.batch_starts, cfg.group_size, policy.chunk_len, cfg.horizon
+    b, g, horizon = cfg.batch_starts, cfg.group_size, cfg.horizon
     rows: list[dict] = []
     start_step, elapsed = 0, 0.0
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME
@@ -188,17 +188,9 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
             a = adv.reshape(-1)[live].to(device)
             ones = torch.ones_like(a)
             for _ in range(cfg.ppo_epochs):
-                dist = policy(ctx_i, ctx_s, ctx_t, std_range=std_range)
-                logp = dist.log_prob(chunks)
-                pg_loss, clip_frac = masked_clipped_loss(logp, old, a, ones, cfg.clip_eps_low, cfg.clip_eps_high)
-                entropy = dist.entropy().mean()
-                loss = pg_loss - cfg.entropy_coef * entropy / (k * policy.action_dim)
-                kl = torch.zeros((), device=device)
-                if reference is not None:
-                    with torch.no_grad():
-                        ref_logp = reference(ctx_i, ctx_s, ctx_t, std_range=std_range).log_prob(chunks)
-                    kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
-                    loss = loss + cfg.kl_beta * kl
+                dist, logp, loss, pg_loss, clip_frac, entropy, kl = policy_objective(
+                    policy, reference, (ctx_i, ctx_s, ctx_t), chunks, std_range, cfg,
+                    lambda lp: masked_clipped_loss(lp, old, a, ones, cfg.clip_eps_low, cfg.clip_eps_high))
                 bc = torch.zeros((), device=device)
                 if bc_ds is not None:
                     batch = bc_ds.batch(rng.integers(0, len(bc_ds), size=b))

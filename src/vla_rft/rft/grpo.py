@@ -111,6 +111,29 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> t
     raise ValueError(f"unknown KL estimator {estimator!r}; allowed: k1, k2, k3")
 
 
+def policy_objective(policy, reference, inputs: tuple, chunks: torch.Tensor, std_range, cfg: RFTConfig,
+                     surrogate) -> tuple:
+    """One pass of the clipped objective both RFT modes minimise, before the BC regulariser.
+
+    ``inputs`` = (images, states, tasks) of the sampled ``chunks``; ``surrogate(logp)`` returns the
+    clipped policy-gradient loss and clip fraction (per sample in chunk mode, masked per chunk in
+    episode mode). Adds the entropy bonus (per action dimension) and, with a ``reference``
+    policy, ``kl_beta`` times the KL estimate. Returns (dist, logp, loss, pg_loss, clip_frac, entropy, kl).
+    """
+    dist = policy(*inputs, std_range=std_range)
+    logp = dist.log_prob(chunks)
+    pg_loss, clip_frac = surrogate(logp)
+    entropy = dist.entropy().mean()
+    loss = pg_loss - cfg.entropy_coef * entropy / (chunks.shape[1] * chunks.shape[2])
+    kl = torch.zeros((), device=logp.device)
+    if reference is not None:
+        with torch.no_grad():
+            ref_logp = reference(*inputs, std_range=std_range).log_prob(chunks)
+        kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
+        loss = loss + cfg.kl_beta * kl
+    return dist, logp, loss, pg_loss, clip_frac, entropy, kl
+
+
 def _set_trainable(policy: VLAPolicy, which: str) -> list[str]:
     """Freeze what RFT does not train; returns the names of trainable parameters."""
     heads = ("mean_head", "std_head")
@@ -209,17 +232,9 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
         stats = {"clip_frac": 0.0, "approx_kl": 0.0, "pg_loss": 0.0, "bc_loss": 0.0, "kl": 0.0, "loss": 0.0,
                  "entropy": 0.0, "grad_norm": 0.0}
         for _ in range(cfg.ppo_epochs):
-            dist = policy(images_g, states_g, tasks_g, std_range=std_range)
-            logp = dist.log_prob(chunks)
-            pg_loss, clip_frac = clipped_policy_loss(logp, old_logp, adv, cfg.clip_eps_low, cfg.clip_eps_high)
-            entropy = dist.entropy().mean()
-            loss = pg_loss - cfg.entropy_coef * entropy / (k * policy.action_dim)
-            kl = torch.zeros((), device=device)
-            if reference is not None:
-                with torch.no_grad():
-                    ref_logp = reference(images_g, states_g, tasks_g, std_range=std_range).log_prob(chunks)
-                kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
-                loss = loss + cfg.kl_beta * kl
+            dist, logp, loss, pg_loss, clip_frac, entropy, kl = policy_objective(
+                policy, reference, (images_g, states_g, tasks_g), chunks, std_range, cfg,
+                lambda lp: clipped_policy_loss(lp, old_logp, adv, cfg.clip_eps_low, cfg.clip_eps_high))
             bc = torch.zeros((), device=device)
             if cfg.bc_coef > 0:
                 bc_mean = policy(images, states, tasks).mean
