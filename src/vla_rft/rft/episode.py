@@ -20,7 +20,6 @@ After WMPO and WoVR. One step, top to bottom:
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -35,7 +34,7 @@ from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
 from vla_rft.rft.configuration import RFTConfig
-from vla_rft.rft.grpo import _set_trainable, check_compatible, policy_objective
+from vla_rft.rft.grpo import check_compatible, dataset_to_policy_tasks, policy_objective, rft_optimizer
 from vla_rft.rft.groups import exploration_range, repeat_group
 from vla_rft.training import write_curves
 from vla_rft.world_model.imagine import imagine_episodes
@@ -102,6 +101,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
     """Fine-tune ``policy`` in place with GRPO over imagined episodes; writes model and curves to ``out_dir``."""
     check_compatible(policy, world_model, data)
     task_map = torch.as_tensor(success_model.task_order(data.tasks))  # dataset task index -> the judge's
+    to_policy_task = dataset_to_policy_tasks(policy, data)  # dataset task index -> the policy's, by instruction
     std_range = exploration_range(cfg)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     device = torch.device(common.device)
@@ -113,17 +113,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         model.to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-    reference = None
-    if cfg.kl_beta > 0:
-        reference = copy.deepcopy(policy).eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
-    trainable = _set_trainable(policy, cfg.trainable)
-    std_ids = {id(p) for p in policy.std_parameters()}
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in policy.parameters() if p.requires_grad and id(p) not in std_ids], "lr": cfg.lr},
-        {"params": policy.std_parameters(), "lr": cfg.lr_std},
-    ], weight_decay=cfg.weight_decay)
+    reference, trainable, optimizer = rft_optimizer(policy, cfg)
     bc_ds = ChunkDataset(data, "train", chunk_len=policy.chunk_len) if cfg.bc_coef > 0 else None
     images_all = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
     b, g, horizon = cfg.batch_starts, cfg.group_size, cfg.horizon
@@ -156,7 +146,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
             return chunk.cpu()
 
         with torch.no_grad():
-            episodes = imagine_episodes(world_model, act, images, states, tasks, horizon)
+            episodes = imagine_episodes(world_model, act, images, states, to_policy_task[tasks], horizon)
             old_logp = torch.stack(old_logps, 1)  # (N, H)
 
             # 3. judge every chunk's last frame
@@ -182,7 +172,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         if live.any():
             ctx_i = episodes.context_images.flatten(0, 1)[live]
             ctx_s = episodes.context_states.flatten(0, 1)[live]
-            ctx_t = tasks.repeat_interleave(horizon)[live]
+            ctx_t = to_policy_task[tasks].repeat_interleave(horizon)[live]
             chunks = episodes.actions.flatten(0, 1)[live].to(device)
             old = old_logp.reshape(-1)[live].to(device)
             a = adv.reshape(-1)[live].to(device)
@@ -194,7 +184,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
                 bc = torch.zeros((), device=device)
                 if bc_ds is not None:
                     batch = bc_ds.batch(rng.integers(0, len(bc_ds), size=b))
-                    bc_mean = policy(batch["image"], batch["state"], batch["task_index"]).mean
+                    bc_mean = policy(batch["image"], batch["state"], to_policy_task[batch["task_index"]]).mean
                     bc = (bc_mean - batch["expert_actions"].to(device)).pow(2).mean()
                     loss = loss + cfg.bc_coef * bc
                 optimizer.zero_grad(set_to_none=True)

@@ -111,6 +111,25 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> t
     raise ValueError(f"unknown KL estimator {estimator!r}; allowed: k1, k2, k3")
 
 
+def rft_optimizer(policy: VLAPolicy, cfg: RFTConfig) -> tuple[VLAPolicy | None, list[str], torch.optim.AdamW]:
+    """What both RFT modes train with: a frozen copy of the base when ``kl_beta > 0`` (else None), the
+    names of the trainable parameters (``cfg.trainable``), and AdamW with the std head at ``lr_std``."""
+    reference = None
+    if cfg.kl_beta > 0:  # only then is a frozen copy of the base policy kept
+        reference = copy.deepcopy(policy).eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    trainable = _set_trainable(policy, cfg.trainable)
+    std_params = policy.std_parameters()
+    std_ids = {id(p) for p in std_params}
+    mean_params = [p for p in policy.parameters() if p.requires_grad and id(p) not in std_ids]
+    optimizer = torch.optim.AdamW([
+        {"params": mean_params, "lr": cfg.lr},
+        {"params": std_params, "lr": cfg.lr_std},
+    ], weight_decay=cfg.weight_decay)
+    return reference, trainable, optimizer
+
+
 def policy_objective(policy, reference, inputs: tuple, chunks: torch.Tensor, std_range, cfg: RFTConfig,
                      surrogate) -> tuple:
     """One pass of the clipped objective both RFT modes minimise, before the BC regulariser.
@@ -172,19 +191,7 @@ def train_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_
     world_model.to(device).eval()
     for p in world_model.parameters():
         p.requires_grad_(False)
-    reference = None
-    if cfg.kl_beta > 0:  # only then is a frozen copy of the base policy kept
-        reference = copy.deepcopy(policy).eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
-    trainable = _set_trainable(policy, cfg.trainable)
-    std_params = policy.std_parameters()
-    std_ids = {id(p) for p in std_params}
-    mean_params = [p for p in policy.parameters() if p.requires_grad and id(p) not in std_ids]
-    optimizer = torch.optim.AdamW([
-        {"params": mean_params, "lr": cfg.lr},
-        {"params": std_params, "lr": cfg.lr_std},
-    ], weight_decay=cfg.weight_decay)
+    reference, trainable, optimizer = rft_optimizer(policy, cfg)
 
     ds = ChunkDataset(data, "train", chunk_len=policy.chunk_len)
     b, g, k = cfg.batch_starts, cfg.group_size, policy.chunk_len

@@ -15,6 +15,7 @@ import torch
 from vla_rft.rft.episode import episode_outcomes
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
+from vla_rft.tasks import TASKS
 from vla_rft.world_model.imagine import imagine_episodes
 
 
@@ -53,7 +54,9 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
     """Run the check (see the module docstring); ``sim`` is a real BatchedSimulator."""
     specs = [EpisodeSpec(t, seed_offset + i) for i in range(episodes_per_task) for t in tasks]
     k = policy.chunk_len
-    act_np = lambda f, s, ti: policy.act(f, s, ti)  # noqa: E731 - the mean, as evaluation acts
+    # index into ``tasks`` -> the policy's own task index, matched by instruction text
+    to_policy = np.array([policy.instructions.index(TASKS[t].instruction) for t in tasks])
+    act_np = lambda f, s, ti: policy.act(f, s, to_policy[np.asarray(ti)])  # noqa: E731 - the mean, as evaluation acts
     real = record_policy_episodes(sim, specs, act_np, tasks, max_steps=horizon * k, record=False,
                                   batch_size=batch_size)
     obs = sim.reset(specs)  # the same layouts again: their reset frames start the imagination
@@ -62,7 +65,7 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
 
     def act(img, st, ti, _h):
         with torch.no_grad():
-            return policy(img, st, ti).mean.cpu()
+            return policy(img, st, torch.from_numpy(to_policy)[ti]).mean.cpu()
 
     episodes = imagine_episodes(world_model, act, images, torch.from_numpy(obs.states), task_index, horizon)
     judge_tasks = torch.as_tensor(success_model.task_order(tasks))[task_index]
