@@ -9,7 +9,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 
-class RecordingKFP:
+class _LoopbackHTTP:
+    """A ThreadingHTTPServer with ``handler`` on a free 127.0.0.1 port, served while the ``with`` block runs."""
+
+    def _serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RecordingKFP(_LoopbackHTTP):
     """``hang``: paths (e.g. ``/apis/v2beta1/runs``) answered never (until the server stops), after recording."""
 
     def __init__(self, hang: tuple[str, ...] = ()):
@@ -69,18 +86,11 @@ class RecordingKFP:
             def do_POST(self):
                 self._handle("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        self._serve(Handler)
 
     def __exit__(self, *exc):
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
     def posts(self, path: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == "POST" and r["path"].rstrip("/") == path]
@@ -121,7 +131,7 @@ class HangingServer:
         self.sock.close()
 
 
-class HTML404Server:
+class HTML404Server(_LoopbackHTTP):
     """An HTTP server on loopback that answers everything with an HTML 404 page (a web server, not KFP)."""
 
     PAGE = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
@@ -145,14 +155,5 @@ class HTML404Server:
 
             do_GET = do_POST = do_PUT = do_DELETE = _reply
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serve(Handler)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
