@@ -172,3 +172,26 @@ def test_dvc_stages_list_every_module_their_command_runs():
         if uncovered:
             missing[stage] = uncovered
     assert not missing, f"dvc.yaml deps miss code the stage runs: {missing}"
+
+
+def test_no_repo_root_directory_shadows_a_module_kfp_imports():
+    """`python -m vla_rft.cli` from the repo root puts the root on sys.path, where a directory without
+    __init__.py imports as a namespace package. kfp.local guards `import docker` with `except ImportError`
+    only; a root `docker/` folder made that import succeed as an empty package, and `pipeline run --local`
+    died with "module 'docker' has no attribute 'DockerClient'" wherever the docker SDK is not installed."""
+    import kfp
+
+    kfp_imports = set()
+    for path in Path(kfp.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(errors="replace"))):
+            if isinstance(node, ast.Import):
+                kfp_imports |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                kfp_imports.add(node.module.split(".")[0])
+    root_dirs = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    shadowing = sorted(root_dirs & kfp_imports)
+    assert not shadowing, f"repo-root directories named like modules kfp imports: {shadowing}"
+    # and the module that failed imports from the repo root, in a fresh interpreter
+    result = subprocess.run([sys.executable, "-c", "import kfp.local.task_dispatcher"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
