@@ -82,7 +82,8 @@ def compile_pipeline(out: str | Path = COMPILED_PATH, params_path: str | Path | 
 
 #: top-level pipeline parameters ``--param NAME=VALUE`` may set, with their types
 PARAM_TYPES: dict[str, type] = {name: (int if name.endswith(("_steps", "_per_task")) or name == "group_size" else str)
-                                for name in KNOBS} | {"gpus": int}
+                                for name in KNOBS} | {"gpus": int, "closed_loop": bool}
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def parse_params(items: list[str] | None) -> dict:
@@ -96,7 +97,12 @@ def parse_params(items: list[str] | None) -> dict:
         if name not in PARAM_TYPES:
             raise PipelineError(f"unknown pipeline parameter {name!r}; --param accepts: {', '.join(PARAM_TYPES)} "
                                 "(everything else: --set section.key=value)")
-        if PARAM_TYPES[name] is int:
+        if PARAM_TYPES[name] is bool:
+            word = value.strip().lower()
+            if word not in _BOOL_WORDS:
+                raise PipelineError(f"pipeline parameter {name} must be true or false, got {value!r}")
+            out[name] = _BOOL_WORDS[word]
+        elif PARAM_TYPES[name] is int:
             try:
                 out[name] = int(value)
             except ValueError:

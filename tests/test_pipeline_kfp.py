@@ -175,6 +175,10 @@ def test_param_values_are_typed_and_checked():
         client.parse_params(["rft.steps=2"])
     with pytest.raises(client.PipelineError, match="rft_steps must be an integer, got 'two'"):
         client.parse_params(["rft_steps=two"])
+    assert client.parse_params(["closed_loop=true"]) == {"closed_loop": True}
+    assert client.parse_params(["closed_loop=False"]) == {"closed_loop": False}
+    with pytest.raises(client.PipelineError, match="closed_loop must be true or false, got 'maybe'"):
+        client.parse_params(["closed_loop=maybe"])
 
 
 def test_fidelity_table_puts_the_baselines_side_by_side():
