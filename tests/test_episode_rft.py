@@ -232,3 +232,35 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     assert honesty["episodes"] == 2 and honesty["seeds"] == [900_000, 900_001]
     assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"
     assert (tmp_path / "rft" / "model.safetensors").exists()
+
+
+def test_filtered_bc_learns_from_successful_episodes_only(data, rollouts, tmp_path):
+    """pretrain-policy on expert data + rollouts: `policy.episodes: all` samples every rollout chunk,
+    `successful` only those of successful episodes (the filtered-BC baseline); none left is refused."""
+    from dataclasses import replace
+
+    from vla_rft.data import DatasetValidationError
+    from vla_rft.data.parquet import successful_episodes
+
+    roll = rollouts[0]
+    bc = [f"policy.{k}={v}" for k, v in (("cnn_channels", "[8, 8, 16, 16]"), ("hidden_size", 32), ("num_layers", 1),
+          ("num_heads", 2), ("mlp_ratio", 2), ("keypoints", 0), ("steps", 2), ("batch_size", 4), ("warmup_steps", 1),
+          ("eval_interval", 0), ("eval_chunks", 8), ("checkpoint_interval", 0), ("log_interval", 1))]
+    starts = lambda eps: sum(max(0, e["length"] - 8) for e in eps if e["split"] == "train")  # noqa: E731
+    rolled = load_dataset(roll).episodes
+    runs = {}
+    for mode in ("all", "successful"):
+        cfg = load_config("params.yaml", "quick", SETS + bc + [f"policy.episodes={mode}"])
+        runs[mode] = stages.pretrain_policy(cfg, [str(data.root), str(roll)], str(tmp_path / mode), progress=False)
+    assert runs["all"]["train"]["train_chunks"] == starts(data.episodes) + starts(rolled)
+    assert runs["successful"]["train"]["train_chunks"] == starts(data.episodes) + starts(
+        [e for e in rolled if e["success"]])
+    assert starts([e for e in rolled if not e["success"]]) > 0  # the filter had something to drop
+    manifest = storage.read_manifest(str(tmp_path / "successful"))
+    assert manifest["config"]["dataset"] == [str(data.root), str(roll)]
+    assert manifest["config"]["policy"]["episodes"] == "successful"
+    failed = replace(load_dataset(roll), episodes=[{**e, "success": False} for e in rolled])
+    with pytest.raises(DatasetValidationError, match="no successful training episode"):
+        successful_episodes(failed)
+    with pytest.raises(ConfigError, match="policy.episodes: 'best' is not allowed; allowed values: all, successful"):
+        load_config("params.yaml", "quick", ["policy.episodes=best"])

@@ -305,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain-policy", help="behaviour-clone the VLA policy on expert chunks")
     _add_config_args(p)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, action="append",
+                   help="a dataset (repeatable; with --set policy.episodes=successful, expert data + policy "
+                        "rollouts give the filtered-BC baseline)")
     _training_args(p)
     p.set_defaults(func=_cmd_pretrain_policy)
 

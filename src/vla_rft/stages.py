@@ -147,17 +147,6 @@ def _load_dataset_artifact(cfg: Config, dataset_uri: str, cache: Path):
     return load_dataset(data_dir, expected_action_dim=ACTION_DIM, expected_image_size=cfg.sim.image_size)
 
 
-def _dataset_and_checkpoints(cfg: Config, section: str, dataset_uri: str, out_uri: str, cache: Path,
-                             checkpoint_dir: str | Path | None, restart: bool):
-    """What a training stage starts from: the dataset, its settings (the ``common`` and ``section``
-    config sections + the dataset's content hashes), the checkpoint directory and whether to resume."""
-    data = _load_dataset_artifact(cfg, dataset_uri, cache)
-    settings = {"common": cfg.section("common"), section: cfg.section(section),
-                "dataset": storage.read_manifest(dataset_uri)["files"]}
-    ckpt, resume = _checkpoints(out_uri, section, settings, checkpoint_dir, restart, cfg.common.device)
-    return data, settings, ckpt, resume
-
-
 def _checkpoints(out_uri: str, section: str, settings: dict, checkpoint_dir: str | Path | None, restart: bool,
                  device: str) -> tuple[Path, bool]:
     """``prepare_checkpoint_dir`` on rank 0 only (it may clear the directory); every rank gets its answer,
@@ -230,23 +219,39 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
     return {"uri": out_uri, "resumed": resume, "train": summary, "fidelity": fidelity, "seconds": time.time() - start}
 
 
-def pretrain_policy(cfg: Config, dataset_uri: str, out_uri: str, *, overwrite: bool = False,
+def pretrain_policy(cfg: Config, dataset_uri: str | list[str], out_uri: str, *, overwrite: bool = False,
                     checkpoint_dir: str | Path | None = None, restart: bool = False,
                     progress: bool = True) -> dict[str, Any]:
-    """Behaviour-clone the VLA policy on the expert chunks and publish it."""
+    """Behaviour-clone the VLA policy on the dataset's chunks and publish it.
+
+    ``dataset_uri`` may list several datasets (trained on together); with ``policy.episodes:
+    successful`` only successful episodes count: expert data + policy rollouts then give the
+    filtered-BC baseline (the real-simulator data closed-loop RFT sees, without a world model).
+    """
+    from vla_rft.data import concat_datasets
+    from vla_rft.data.parquet import successful_episodes
     from vla_rft.policy.train import train_policy_bc
 
+    uris = [dataset_uri] if isinstance(dataset_uri, str) else list(dataset_uri)
+    if not uris:
+        raise ValueError("pretrain-policy needs at least one --dataset")
     _refuse_existing(out_uri, "policy", overwrite)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-bc-") as tmp:
-        data, settings, ckpt, resume = _dataset_and_checkpoints(cfg, "policy", dataset_uri, out_uri,
-                                                                Path(tmp) / "cache", checkpoint_dir, restart)
+        cache = Path(tmp) / "cache"
+        data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in uris])
+        if cfg.policy.episodes == "successful":
+            data = successful_episodes(data)
+        settings = {"common": cfg.section("common"), "policy": cfg.section("policy"),
+                    "dataset": [storage.read_manifest(u)["files"] for u in uris] if len(uris) > 1
+                    else storage.read_manifest(uris[0])["files"]}
+        ckpt, resume = _checkpoints(out_uri, "policy", settings, checkpoint_dir, restart, cfg.common.device)
         out = Path(tmp) / "out"
         summary = train_policy_bc(cfg.policy, cfg.common, data, out, ckpt, resume=resume, progress=progress)
         _publish(distributed.init(cfg.common.device), out, out_uri, kind="policy",
-                               config={"profile": cfg.profile, "common": settings["common"],
-                                       "policy": settings["policy"], "dataset": dataset_uri, "trained_by": "bc"},
-                               overwrite=overwrite)
+                 config={"profile": cfg.profile, "common": settings["common"], "policy": settings["policy"],
+                         "dataset": uris[0] if len(uris) == 1 else uris, "trained_by": "bc"},
+                 overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "seconds": time.time() - start}
 
 

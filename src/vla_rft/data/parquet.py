@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -310,6 +311,19 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
         expert_actions=arrays[EXPERT_ACTION], rewards=arrays[REWARD], successes=arrays[SUCCESS],
         task_index=arrays[TASK_INDEX], episode_index=arrays[EPISODE_INDEX], frame_index=arrays[FRAME_INDEX],
     )
+
+
+def successful_episodes(data: LoadedDataset) -> LoadedDataset:
+    """The same dataset with only its successful episodes listed (frame arrays shared, not copied).
+
+    Training code reads episodes through ``episodes_in(split)``, so a failed episode's frames are never
+    sampled. Refuses a result without a successful training episode.
+    """
+    kept = [e for e in data.episodes if e["success"]]
+    if not any(e["split"] == "train" for e in kept):
+        raise DatasetValidationError(f"{data.root}: no successful training episode among {len(data.episodes)} "
+                                     "(policy.episodes=successful keeps only those)")
+    return replace(data, episodes=kept)
 
 
 def concat_datasets(datasets: Sequence[LoadedDataset]) -> LoadedDataset:

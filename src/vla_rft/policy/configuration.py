@@ -13,6 +13,7 @@ from vla_rft.errors import ConfigError
 BC_LOSSES: tuple[str, ...] = ("mse_nll", "l1_nll", "nll")
 AUGMENTATIONS: tuple[str, ...] = ("none", "shift")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+EPISODE_FILTERS: tuple[str, ...] = ("all", "successful")
 
 #: fields that define the network (written to the model's config.json); the rest is training
 ARCHITECTURE_FIELDS: tuple[str, ...] = (
@@ -83,6 +84,9 @@ class PolicyConfig:
     checkpoint_interval: int = 500
     #: steps between curve rows (train loss averaged over the interval)
     log_interval: int = 25
+    #: which recorded episodes BC learns from: "all", or "successful" (episodes whose ``success`` flag
+    #: is set: with expert data + policy rollouts, the filtered-BC baseline of closed-loop RFT)
+    episodes: Literal["all", "successful"] = "all"
 
     def architecture(self) -> dict:
         """The fields that define the network, as written to the model's config.json."""
@@ -92,8 +96,8 @@ class PolicyConfig:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"policy.{name} {why}, got {getattr(self, name)!r}")
 
-        for name, allowed in (("bc_loss", BC_LOSSES),
-                              ("augmentation", AUGMENTATIONS), ("lr_schedule", LR_SCHEDULES)):
+        for name, allowed in (("bc_loss", BC_LOSSES), ("augmentation", AUGMENTATIONS),
+                              ("lr_schedule", LR_SCHEDULES), ("episodes", EPISODE_FILTERS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"policy.{name}: unknown value {getattr(self, name)!r}; "
                                   f"allowed values: {', '.join(allowed)}")
