@@ -8,8 +8,8 @@ One command, on the ``standard`` profile:
    the dataset, the world model and the BC base policy;
 2. runs RFT once per seed (``--seeds``, default 0 1 2) and once as the control with advantages
    shuffled within each group (what the reward itself contributes);
-3. evaluates base, every RFT seed and the control in one call, on the same real-simulator episodes
-   (nominal and every perturbation suite), with the scripted expert as the reference;
+3. evaluates base, every RFT seed and the control on the same real-simulator episodes (nominal and
+   every perturbation suite; one artifact per policy, the base's with the scripted expert);
 4. writes ``benchmarks/results.md`` and ``benchmarks/results.json``: success per suite with 95 %
    intervals, the gain (mean over seeds, t-interval over seeds, and a paired bootstrap over
    episodes), the share of the base-to-expert gap closed, mean steps to success, RFT steps and
@@ -240,11 +240,46 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _analyse_stored(evaluation: str, summaries: dict) -> dict:
-    eval_dir, _ = storage.read_artifact(evaluation, expected_kind="evaluation")
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
+def _read_evaluation(uri: str) -> tuple[dict, list[dict]]:
+    eval_dir, _ = storage.read_artifact(uri, expected_kind="evaluation")
     with open(eval_dir / "episodes.csv") as fh:
-        episodes = list(csv.DictReader(fh))
+        return json.loads((eval_dir / "metrics.json").read_text()), list(csv.DictReader(fh))
+
+
+def combined_evaluation(evaluations: list[str]) -> tuple[dict, list[dict]]:
+    """One metrics dict and episode list from evaluation artifacts of the same suites and episodes
+    (the policies of each, side by side); refuses artifacts whose suites or episode seeds differ."""
+    metrics, episodes = None, []
+    for uri in evaluations:
+        m, rows = _read_evaluation(uri)
+        if metrics is None:
+            metrics = m
+        else:
+            first = next(iter(metrics["policies"].values()))
+            this = next(iter(m["policies"].values()))
+            if ([s["name"] for s in m["suites"]] != [s["name"] for s in metrics["suites"]]
+                    or (this["seed_base"], this["episodes_per_task"]) != (first["seed_base"], first["episodes_per_task"])):
+                raise SystemExit(f"{uri} evaluated other suites or episodes than {evaluations[0]}; remove it to re-run")
+            metrics["policies"].update(m["policies"])
+        episodes += rows
+    return metrics, episodes
+
+
+def evaluate_each(cfg, policies: dict[str, str], work: Path) -> list[str]:
+    """Evaluate every policy into its own artifact ``work/eval-<name>`` (skipped when present; the first
+    with the scripted expert): adding a seed or a method later re-runs only the new policies. The
+    episodes are seeded by (suite, task, episode index), so the evaluations are paired."""
+    uris = []
+    for i, (name, uri) in enumerate(policies.items()):
+        ev = str(work / f"eval-{name}")
+        _stage(f"evaluate {name}", ev, lambda n=name, u=uri, e=ev, x=(i == 0): stages.evaluate(
+            cfg, {n: u}, e, expert=x, progress=False))
+        uris.append(ev)
+    return uris
+
+
+def _analyse_stored(evaluations: str | list[str], summaries: dict) -> dict:
+    metrics, episodes = combined_evaluation([evaluations] if isinstance(evaluations, str) else evaluations)
     rft_names = [n for n in metrics["policies"] if n.startswith("rft-")]
     control = next((n for n in metrics["policies"] if n.startswith("control-")), None)
     return analyse(metrics, episodes, rft_names, control, summaries)
@@ -259,6 +294,9 @@ def main() -> None:
     ap.add_argument("--dataset", help="reuse this dataset instead of recording one")
     ap.add_argument("--world-model", help="reuse this world model (trained on --dataset)")
     ap.add_argument("--policy", help="reuse this BC base policy (trained on --dataset)")
+    ap.add_argument("--reuse", action="append", default=[], metavar="RUN=URI",
+                    help="take a finished RFT run from elsewhere, e.g. rft-s0=<the pipeline's rft policy> "
+                         "(it must have the same config and seed)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-control", action="store_true", help="skip the shuffled-advantage control run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
@@ -268,7 +306,8 @@ def main() -> None:
     if args.render_only:
         out = Path(args.out)
         result = json.loads(out.with_suffix(".json").read_text())
-        result["analysis"] = _analyse_stored(result["meta"]["artifacts"]["evaluation"], result["analysis"]["rft"])
+        arts = result["meta"]["artifacts"]
+        result["analysis"] = _analyse_stored(arts.get("evaluations") or arts["evaluation"], result["analysis"]["rft"])
         out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
         out.write_text(render(result))
         print(out.read_text())
@@ -288,18 +327,22 @@ def main() -> None:
     runs = {f"rft-s{s}": ([f"common.seed={s}"], i == 0) for i, s in enumerate(args.seeds)}
     if not args.no_control:
         runs[f"control-s{args.seeds[0]}"] = ([f"common.seed={args.seeds[0]}", "rft.shuffle_advantages=true"], False)
+    reuse = dict(item.split("=", 1) for item in args.reuse)
+    unknown = sorted(set(reuse) - set(runs))
+    if unknown:
+        raise SystemExit(f"--reuse names runs this benchmark does not make: {unknown}; runs: {sorted(runs)}")
+    uris = {name: reuse.get(name) or str(work / name) for name in runs}
     summaries = {}
     for name, (extra, verify) in runs.items():
         run_cfg = load_config(args.params, args.profile, [*args.overrides, *extra])
-        uri = str(work / name)
+        uri = uris[name]
         summaries[name] = _stage(name, uri, lambda c=run_cfg, u=uri, v=verify: stages.rft(
             c, dataset, wm, base, u, verify=v, progress=False)) or _rft_summary_from_artifact(uri)
 
-    evaluation = str(work / "evaluation")
-    policies = {"base": base, **{name: str(work / name) for name in runs}}
-    _stage("evaluate", evaluation, lambda: stages.evaluate(cfg, policies, evaluation, progress=False))
-    analysis = _analyse_stored(evaluation, summaries)
-    base_entry = json.loads((storage.read_artifact(evaluation)[0] / "metrics.json").read_text())["policies"]["base"]
+    policies = {"base": base, **uris}
+    evaluations = evaluate_each(cfg, policies, work)
+    analysis = _analyse_stored(evaluations, summaries)
+    base_entry = combined_evaluation(evaluations[:1])[0]["policies"]["base"]
     result = {
         "meta": {
             "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:]),
@@ -308,7 +351,7 @@ def main() -> None:
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": time.time() - start, "profile": args.profile, "seeds": args.seeds,
             "episodes_per_task": base_entry["episodes_per_task"], "seed_base": base_entry["seed_base"],
-            "artifacts": {"dataset": dataset, "world_model": wm, "base": base, "evaluation": evaluation},
+            "artifacts": {"dataset": dataset, "world_model": wm, "base": base, "evaluations": evaluations},
         },
         "analysis": analysis,
     }
