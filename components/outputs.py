@@ -192,3 +192,18 @@ def fidelity_table(fidelity: dict[str, Any]) -> str:
             cells = [_cell(fidelity[p][region].get("mean", {}).get(metric)) for p in predictors]
             lines.append(f"| {region} {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def trained_summary(model_dir: str) -> dict[str, Any]:
+    """What a training stage returns, read back from its artifact (a TrainJob trained it, not this pod)."""
+    from pathlib import Path
+
+    def read(*names: str) -> Any:
+        for name in names:
+            path = Path(model_dir) / name
+            if path.is_file():
+                return json.loads(path.read_text())
+        return None
+
+    return {"train": read("bc_summary.json", "summary.json") or {}, "fidelity": read("eval/metrics.json") or {},
+            "reward_fidelity": read("reward_fidelity.json"), "seconds": float("nan")}

@@ -12,7 +12,7 @@ any training when a value is wrong; every stage gets the resolved config as one 
 (a dict parameter would become a protobuf Struct, which turns every integer into a float).
 """
 
-from typing import NamedTuple
+from typing import List, NamedTuple  # noqa: UP035 - KFP reads typing.List in Input[List[...]]
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
@@ -67,13 +67,23 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def train_world_model(config_json: str, dataset: Input[Dataset], world_model: Output[Model],
-                          fidelity: Output[Metrics], summary: Output[Markdown]):
+                          fidelity: Output[Metrics], summary: Output[Markdown], nodes: int = 1,
+                          procs_per_node: int = 1, gpus: int = 0, image: str = ""):
         """Train the action-conditioned video model; log its fidelity against the baselines."""
         from vla_rft import stages
         from vla_rft.components import outputs
 
-        result = stages.train_world_model(outputs.stage_config(config_json), dataset.path, world_model.path,
-                                          overwrite=True, checkpoint_dir=world_model.path + ".ckpt", progress=False)
+        if nodes * procs_per_node > 1:  # a TrainJob trains; this pod submits, waits and verifies
+            from vla_rft.components import trainjob
+
+            trainjob.run_stage("train-world-model", config_json, {"--dataset": dataset.uri}, world_model.path,
+                               world_model.uri, kind="world_model", nodes=nodes, procs_per_node=procs_per_node,
+                               image=image, gpus=gpus)
+            result = outputs.trained_summary(world_model.path)
+        else:
+            result = stages.train_world_model(outputs.stage_config(config_json), dataset.path, world_model.path,
+                                              overwrite=True, checkpoint_dir=world_model.path + ".ckpt",
+                                              progress=False)
         # per-step lists and chunk indices stay in the artifact; the UI gets means and targets
         shown = {k: v for k, v in outputs.flat_metrics(result["fidelity"]).items()
                  if "/mean/" in k or k.startswith("targets/")}
@@ -90,13 +100,21 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def pretrain_policy(config_json: str, dataset: Input[Dataset], policy: Output[Model], training: Output[Metrics],
-                        summary: Output[Markdown]):
+                        summary: Output[Markdown], nodes: int = 1, procs_per_node: int = 1, gpus: int = 0,
+                        image: str = ""):
         """Behaviour-clone the VLA policy on the expert chunks."""
         from vla_rft import stages
         from vla_rft.components import outputs
 
-        result = stages.pretrain_policy(outputs.stage_config(config_json), dataset.path, policy.path, overwrite=True,
-                                        checkpoint_dir=policy.path + ".ckpt", progress=False)
+        if nodes * procs_per_node > 1:  # a TrainJob trains; this pod submits, waits and verifies
+            from vla_rft.components import trainjob
+
+            trainjob.run_stage("pretrain-policy", config_json, {"--dataset": dataset.uri}, policy.path, policy.uri,
+                               kind="policy", nodes=nodes, procs_per_node=procs_per_node, image=image, gpus=gpus)
+            result = outputs.trained_summary(policy.path)
+        else:
+            result = stages.pretrain_policy(outputs.stage_config(config_json), dataset.path, policy.path,
+                                            overwrite=True, checkpoint_dir=policy.path + ".ckpt", progress=False)
         scalars = {k: v for k, v in result["train"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         policy.metadata.update(scalars)
         for name, value in outputs.flat_metrics(scalars).items():
@@ -107,13 +125,22 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def rft(config_json: str, dataset: Input[Dataset], world_model: Input[Model], base_policy: Input[Model],
-            policy: Output[Model], training: Output[Metrics], summary: Output[Markdown]):
+            policy: Output[Model], training: Output[Metrics], summary: Output[Markdown], nodes: int = 1,
+            procs_per_node: int = 1, gpus: int = 0, image: str = ""):
         """GRPO with verified rewards in the world model."""
         from vla_rft import stages
         from vla_rft.components import outputs
 
-        result = stages.rft(outputs.stage_config(config_json), dataset.path, world_model.path, base_policy.path,
-                            policy.path, overwrite=True, checkpoint_dir=policy.path + ".ckpt", progress=False)
+        if nodes * procs_per_node > 1:  # a TrainJob trains; this pod submits, waits and verifies
+            from vla_rft.components import trainjob
+
+            trainjob.run_stage("rft", config_json, {"--dataset": dataset.uri, "--world-model": world_model.uri,
+                                                    "--policy": base_policy.uri}, policy.path, policy.uri,
+                               kind="policy", nodes=nodes, procs_per_node=procs_per_node, image=image, gpus=gpus)
+            result = outputs.trained_summary(policy.path)
+        else:
+            result = stages.rft(outputs.stage_config(config_json), dataset.path, world_model.path, base_policy.path,
+                                policy.path, overwrite=True, checkpoint_dir=policy.path + ".ckpt", progress=False)
         shown = outputs.flat_metrics({"train": result["train"], "reward_fidelity": result["reward_fidelity"] or {}})
         for name, value in shown.items():
             training.log_metric(name, value)
@@ -122,18 +149,47 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
                     + "\n" + outputs.curves_markdown(policy.path, ["reward_mean"], "GRPO reward (mean over groups)"))
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def evaluate(config_json: str, world_model: Input[Model], base_policy: Input[Model], rft_policy: Input[Model],
+    def evaluation_suites(config_json: str) -> list:
+        """One evaluate-suite branch per suite of evaluate.suites (report order): {"suite", "config_json"} as JSON.
+
+        Each item carries the config: kfp.local (2.17.3) hands every parameter input of a ParallelFor
+        body the loop item, so the body takes no other parameter.
+        """
+        import json
+
+        from vla_rft.components import outputs
+
+        return [json.dumps({"suite": s.name, "config_json": config_json})
+                for s in outputs.stage_config(config_json).evaluate.suite_list()]
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def evaluate_suite(branch: str, base_policy: Input[Model], rft_policy: Input[Model], part: Output[Dataset]):
+        """One suite: base and RFT policies and the scripted expert in the real simulator (a part to merge)."""
+        import json
+
+        from vla_rft import stages
+        from vla_rft.components import outputs
+
+        item = json.loads(branch)
+        suite = item["suite"]
+        result = stages.evaluate(outputs.stage_config(item["config_json"]),
+                                 {"base": base_policy.path, "rft": rft_policy.path}, part.path, overwrite=True,
+                                 progress=False, suites=[suite])
+        part.metadata.update({"suite": suite, "seconds": result["seconds"]})
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def evaluate(config_json: str, parts: Input[List[Dataset]], world_model: Input[Model],
                  evaluation: Output[Dataset], metrics: Output[Metrics], report: Output[HTML],
                  summary: Output[Markdown]):
-        """Base and RFT policies and the scripted expert in the real simulator, on the same episodes."""
+        """The evaluation of base, RFT and the expert on every suite, merged from the evaluate-suite branches."""
         import shutil
         from pathlib import Path
 
         from vla_rft import stages
         from vla_rft.components import outputs
 
-        result = stages.evaluate(outputs.stage_config(config_json), {"base": base_policy.path, "rft": rft_policy.path},
-                                 evaluation.path, world_model_uri=world_model.path, overwrite=True, progress=False)
+        result = stages.merge_evaluations(outputs.stage_config(config_json), [p.path for p in parts], evaluation.path,
+                                          world_model_uri=world_model.path, overwrite=True)
         for name, value in outputs.kfp_success_metrics(result["metrics"]).items():
             metrics.log_metric(name, value)
         out = Path(evaluation.path)
@@ -234,6 +290,7 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
                     + "\n" + outputs.curves_markdown(policy.path, ["success_rate"], "imagined success rate"))
 
     return {"configure": configure, "prepare-data": prepare_data, "train-world-model": train_world_model,
-            "pretrain-policy": pretrain_policy, "rft": rft, "evaluate": evaluate, "promote": promote,
+            "pretrain-policy": pretrain_policy, "rft": rft, "evaluation-suites": evaluation_suites,
+            "evaluate-suite": evaluate_suite, "evaluate": evaluate, "promote": promote,
             "collect-rollouts": collect_rollouts, "ground-world-model": ground_world_model,
             "train-success-model": train_success_model, "rft-episode": rft_episode}

@@ -16,6 +16,14 @@ from typing import Any
 
 API_VERSION, KIND, RUNTIME = "trainer.kubeflow.org/v1alpha1", "TrainJob", "torch-distributed"
 TRAINING_STAGES = ("train-world-model", "pretrain-policy", "rft")
+#: the Secret the pipeline's pods read the MinIO keys from; the trainer pods read the same one
+S3_SECRET_NAME = "mlpipeline-minio-artifact"
+S3_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+#: trainer pods run as this ServiceAccount (manifests/rbac.yaml): no API token mounted, they only train
+TRAINER_SERVICE_ACCOUNT = "vla-rft-trainer"
+#: the runtime's trainer container and replicated job (torch-distributed ClusterTrainingRuntime)
+NODE = "node"
+PATCH_MANAGER = "trainer.kubeflow.org/kubeflow-sdk"
 
 
 @dataclass
@@ -28,6 +36,9 @@ class TrainJobRequest:
     procs_per_node: int = 1
     resources_per_node: dict[str, Any] = field(default_factory=dict)  #: e.g. {"nvidia.com/gpu": 1}
     env: dict[str, str] = field(default_factory=dict)  #: plain settings only; credentials come from a Secret
+    #: env var -> (Secret name, key): credentials, referenced from a Kubernetes Secret, never copied
+    secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)
+    service_account: str | None = None  #: the trainer pods' ServiceAccount (None: the runtime's)
 
     def __post_init__(self) -> None:
         if not self.stage_args or self.stage_args[0] not in TRAINING_STAGES:
@@ -49,6 +60,21 @@ class TrainJobRequest:
         return ["torchrun", "-m", "vla_rft.cli"]
 
 
+def _secret_env(req: TrainJobRequest) -> list[dict[str, Any]]:
+    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+            for var, (secret, key) in sorted(req.secret_env.items())]
+
+
+def _pod_spec_patch(req: TrainJobRequest) -> dict[str, Any]:
+    """The trainer pods' patch: their ServiceAccount and the Secret-backed env (camelCase)."""
+    spec: dict[str, Any] = {}
+    if req.service_account:
+        spec["serviceAccountName"] = req.service_account
+    if req.secret_env:
+        spec["containers"] = [{"name": NODE, "env": _secret_env(req)}]
+    return spec
+
+
 def build_trainjob(req: TrainJobRequest, name: str) -> dict[str, Any]:
     """The TrainJob object the submission creates (camelCase, as the API server stores it)."""
     trainer: dict[str, Any] = {"image": req.image, "command": req.command(), "args": list(req.stage_args),
@@ -56,8 +82,12 @@ def build_trainjob(req: TrainJobRequest, name: str) -> dict[str, Any]:
                                "env": [{"name": k, "value": v} for k, v in sorted(req.env.items())]}
     if req.resources_per_node:
         trainer["resourcesPerNode"] = {"limits": dict(req.resources_per_node)}
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
-            "spec": {"runtimeRef": {"name": RUNTIME}, "trainer": trainer}}
+    spec: dict[str, Any] = {"runtimeRef": {"name": RUNTIME}, "trainer": trainer}
+    pod = _pod_spec_patch(req)
+    if pod:
+        spec["runtimePatches"] = [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {
+            "replicatedJobs": [{"name": NODE, "template": {"spec": {"template": {"spec": pod}}}}]}}}}]
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
 
 
 def _check_fields(ann: Any, data: Any, where: str) -> None:
@@ -105,10 +135,13 @@ def submit_and_wait(req: TrainJobRequest, *, backend=None, log: Callable[[str], 
 
     client = TrainerClient(backend or KubernetesBackendConfig())
     env = {**req.env, "PET_NPROC_PER_NODE": str(req.procs_per_node)}
+    options = [TrainerCommand(req.command()), TrainerArgs(list(req.stage_args))]
+    if req.secret_env or req.service_account:
+        options.append(_runtime_patch(req))
     name = client.train(runtime=RUNTIME,
                         trainer=CustomTrainerContainer(image=req.image, num_nodes=req.nodes,
                                                        resources_per_node=req.resources_per_node or None, env=env),
-                        options=[TrainerCommand(req.command()), TrainerArgs(list(req.stage_args))])
+                        options=options)
     log(f"trainjob {name}: submitted ({req.nodes} node(s) x {req.procs_per_node} process(es), {req.stage_args[0]})")
     job = client.wait_for_job_status(name, status={"Complete", "Failed"}, timeout=timeout_s,
                                      callbacks=[lambda j: log(f"trainjob {name}: {j.status}")])
@@ -119,4 +152,68 @@ def submit_and_wait(req: TrainJobRequest, *, backend=None, log: Callable[[str], 
         log(f"trainjob {name}: logs unavailable ({exc})")
     if job.status != "Complete":
         raise RuntimeError(f"trainjob {name} ended {job.status}: {getattr(job, 'message', '') or 'see its logs above'}")
+    return name
+
+
+def _runtime_patch(req: TrainJobRequest):
+    """:func:`_pod_spec_patch` as the SDK's ``RuntimePatch`` option (the same ``spec.runtimePatches`` entry)."""
+    from kubeflow.trainer.options.kubernetes import (
+        ContainerPatch, JobSetSpecPatch, JobSetTemplatePatch, JobSpecPatch, JobTemplatePatch, PodSpecPatch,
+        PodTemplatePatch, ReplicatedJobPatch, RuntimePatch, TrainingRuntimeSpecPatch,
+    )
+
+    containers = [ContainerPatch(name=NODE, env=_secret_env(req))] if req.secret_env else None
+    pod = PodSpecPatch(service_account_name=req.service_account, containers=containers)
+    job = ReplicatedJobPatch(name=NODE, template=JobTemplatePatch(spec=JobSpecPatch(
+        template=PodTemplatePatch(spec=pod))))
+    return RuntimePatch(training_runtime_spec=TrainingRuntimeSpecPatch(
+        template=JobSetTemplatePatch(spec=JobSetSpecPatch(replicated_jobs=[job]))))
+
+
+def s3_uri(uri: str) -> str:
+    """A KFP artifact URI as our storage's ``s3://bucket/key`` (the launcher writes ``minio://`` on MinIO)."""
+    for scheme in ("minio://", "s3://"):
+        if uri.startswith(scheme):
+            return "s3://" + uri[len(scheme):].rstrip("/")
+    raise ValueError(f"a TrainJob's pods reach artifacts on S3 only; {uri!r} is not an s3:// or minio:// URI "
+                     "(set the pipeline root to MinIO, or run with nodes=1, procs_per_node=1)")
+
+
+def run_stage(stage: str, config_json: str, inputs: dict[str, str], output_path: str, output_uri: str, *,
+              kind: str, nodes: int, procs_per_node: int, image: str, gpus: int = 0, backend=None,
+              log: Callable[[str], None] = print) -> str:
+    """Train ``stage`` as a TrainJob and put the verified artifact at the component's output ``output_path``.
+
+    ``inputs`` maps CLI flags to KFP artifact URIs (``{"--dataset": dataset.uri}``). The pods write
+    to ``<output uri>-trainjob`` on S3 (our atomic format); the artifact is read back, verified and
+    copied to ``output_path`` with a manifest for local files, so the KFP launcher uploads it as the
+    task's output like an in-pod run. Returns the TrainJob's name.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from vla_rft import storage
+
+    staging = s3_uri(output_uri) + "-trainjob"
+    args = [stage, "--config-json", config_json]
+    for flag, uri in inputs.items():
+        args += [flag, s3_uri(uri)]
+    args += ["--out", staging, "--overwrite"]
+    env = {k: os.environ[k] for k in ("VLA_RFT_S3_ENDPOINT", "VLA_RFT_S3_REGION") if os.environ.get(k)}
+    req = TrainJobRequest(args, image, nodes, procs_per_node, {"nvidia.com/gpu": gpus} if gpus else {}, env,
+                          secret_env={var: (S3_SECRET_NAME, key) for key, var in S3_SECRET_ENV.items()},
+                          service_account=TRAINER_SERVICE_ACCOUNT)
+    name = submit_and_wait(req, backend=backend, log=log)
+    with tempfile.TemporaryDirectory(prefix="vla-rft-trainjob-") as tmp:
+        src, manifest = storage.read_artifact(staging, expected_kind=kind, cache_dir=Path(tmp))
+        shutil.copytree(src, output_path, dirs_exist_ok=True)
+    # the launcher uploads these files under flat keys: the manifest must not point at the staging prefix
+    meta = Path(output_path) / storage.MANIFEST_NAME
+    local = {k: v for k, v in json.loads(meta.read_text()).items() if k != "data_prefix"}
+    meta.write_text(json.dumps(local, indent=2, sort_keys=True))
+    storage.read_artifact(output_path, expected_kind=kind)  # verifies every file against the manifest
+    log(f"trainjob {name}: {stage} artifact verified ({len(manifest['files'])} files) -> {output_uri}")
     return name

@@ -82,7 +82,8 @@ def compile_pipeline(out: str | Path = COMPILED_PATH, params_path: str | Path | 
 
 #: top-level pipeline parameters ``--param NAME=VALUE`` may set, with their types
 PARAM_TYPES: dict[str, type] = {name: (int if name.endswith(("_steps", "_per_task")) or name == "group_size" else str)
-                                for name in KNOBS} | {"gpus": int, "closed_loop": bool}
+                                for name in KNOBS} | {"gpus": int, "closed_loop": bool, "nodes": int,
+                                                      "procs_per_node": int}
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -107,6 +108,8 @@ def parse_params(items: list[str] | None) -> dict:
                 out[name] = int(value)
             except ValueError:
                 raise PipelineError(f"pipeline parameter {name} must be an integer, got {value!r}") from None
+            if name in ("nodes", "procs_per_node") and out[name] < 1:
+                raise PipelineError(f"pipeline parameter {name} must be >= 1, got {value}")
             if out[name] < 0:
                 raise PipelineError(f"pipeline parameter {name} must be >= 0 (0: the profile's value), got {value}")
         else:
@@ -226,6 +229,11 @@ def run_local(pipeline_root: str | Path, params_path: str | Path | None = None, 
     else:
         params_json = load_params(params_path)
     _check(params_json, profile, overrides, params)  # a bad key or value stops here, before any task
+    world = params.get("nodes", 1) * params.get("procs_per_node", 1)
+    if world > 1:
+        raise PipelineError(f"nodes x procs_per_node = {world}: training stages would run as Kubeflow Trainer "
+                            "TrainJobs, which kfp.local cannot run; run with nodes=1 procs_per_node=1 here, or "
+                            "`torchrun --nproc-per-node N -m vla_rft.cli <stage> ...`, or submit to a cluster")
     root = Path(pipeline_root).resolve()
     # every run writes under its own prefix, so runs started at the same time never share a directory
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"

@@ -1,5 +1,9 @@
 """The vla-rft KFP pipeline: configure -> prepare-data -> (train-world-model || pretrain-policy) -> rft -> evaluate -> promote.
 
+Evaluation fans out: ``evaluation-suites`` lists the suites, a ``dsl.ParallelFor`` runs one
+``evaluate-suite`` task per suite, and ``evaluate`` merges the parts into the one evaluation
+artifact (equal to evaluating every suite in one task: the simulator and seeds are deterministic).
+
 Parameters come from ``params.yaml``: the knobs people change (profile, tasks, episode and step
 counts, group size, device, GPUs, registry) are typed top-level parameters of the run form; the
 whole file (as JSON) is the ``params_json`` parameter's default, so a compiled package is
@@ -15,10 +19,9 @@ from kfp import dsl, kubernetes
 
 from vla_rft.components.outputs import KNOBS
 from vla_rft.components.stage_components import DEFAULT_IMAGE, build_components
+from vla_rft.components.trainjob import S3_SECRET_ENV, S3_SECRET_NAME
 
 PIPELINE_NAME = "vla-rft"
-S3_SECRET_NAME = "mlpipeline-minio-artifact"
-S3_SECRET_ENV = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 
 #: what each knob is, for the run form (the default and the profiles' values are appended)
 _KNOB_HELP = {
@@ -97,7 +100,8 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         world_model_steps: int = d["world_model_steps"], bc_steps: int = d["bc_steps"],
         rft_steps: int = d["rft_steps"], group_size: int = d["group_size"],
         eval_episodes_per_task: int = d["eval_episodes_per_task"], device: str = d["device"], gpus: int = 0,
-        registry: str = d["registry"], closed_loop: bool = False, params_json: str = params_json,
+        registry: str = d["registry"], closed_loop: bool = False, nodes: int = 1, procs_per_node: int = 1,
+        params_json: str = params_json,
         overrides: list = [],  # noqa: B006 - KFP literal
     ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str), ("candidate_score", float)]):
         cfg = comps["configure"](
@@ -109,16 +113,15 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         config_json = cfg.outputs["Output"]
         data = comps["prepare-data"](config_json=config_json).set_display_name("prepare-data")
         _resources(data, "2", "8Gi")
-        wm = comps["train-world-model"](config_json=config_json, dataset=data.outputs["dataset"])
+        # nodes x procs_per_node > 1: each training task submits a TrainJob in the image and waits for it
+        scale = dict(nodes=nodes, procs_per_node=procs_per_node, gpus=gpus, image=image)
+        wm = comps["train-world-model"](config_json=config_json, dataset=data.outputs["dataset"], **scale)
         _resources(wm.set_display_name("train-world-model"), "2", "8Gi", gpus if cluster else None, retries=2)
-        bc = comps["pretrain-policy"](config_json=config_json, dataset=data.outputs["dataset"])
+        bc = comps["pretrain-policy"](config_json=config_json, dataset=data.outputs["dataset"], **scale)
         _resources(bc.set_display_name("pretrain-policy"), "2", "8Gi", gpus if cluster else None, retries=2)
         tuned = comps["rft"](config_json=config_json, dataset=data.outputs["dataset"],
-                             world_model=wm.outputs["world_model"], base_policy=bc.outputs["policy"])
+                             world_model=wm.outputs["world_model"], base_policy=bc.outputs["policy"], **scale)
         _resources(tuned.set_display_name("rft"), "2", "8Gi", gpus if cluster else None, retries=2)
-        ev = comps["evaluate"](config_json=config_json, world_model=wm.outputs["world_model"],
-                               base_policy=bc.outputs["policy"], rft_policy=tuned.outputs["policy"])
-        _resources(ev.set_display_name("evaluate"), "2", "8Gi")
         with dsl.If(closed_loop == True, name="closed-loop"):  # noqa: E712 - a KFP condition, not Python
             roll = comps["collect-rollouts"](config_json=config_json, base_policy=bc.outputs["policy"])
             _resources(roll.set_display_name("collect-rollouts"), "2", "8Gi")
@@ -136,6 +139,16 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
                                             base_policy=bc.outputs["policy"],
                                             success_model=judge.outputs["success_model"])
             _resources(episodic.set_display_name("rft-episode"), "2", "8Gi", gpus if cluster else None, retries=2)
+        # evaluation fans out: one evaluate-suite task per suite, merged into the one evaluation artifact
+        suites = comps["evaluation-suites"](config_json=config_json)
+        _resources(suites.set_display_name("evaluation-suites"), "100m", "1Gi")
+        with dsl.ParallelFor(suites.output, name="suites") as branch:
+            part = comps["evaluate-suite"](branch=branch, base_policy=bc.outputs["policy"],
+                                           rft_policy=tuned.outputs["policy"])
+            _resources(part.set_display_name("evaluate-suite"), "2", "8Gi")
+        ev = comps["evaluate"](config_json=config_json, parts=dsl.Collected(part.outputs["part"]),
+                               world_model=wm.outputs["world_model"])
+        _resources(ev.set_display_name("evaluate"), "1", "4Gi")
         gate = comps["promote"](config_json=config_json, policy=tuned.outputs["policy"],
                                 evaluation=ev.outputs["evaluation"])
         _resources(gate.set_display_name("promote"), "500m", "2Gi")
@@ -146,7 +159,10 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
     # the run form shows these lines next to each parameter (KFP reads the Google-style Args section)
     args = {"profile": f"profile of params.yaml: {', '.join(raw.get('profiles', {}) or ['none'])}",
             **{k: v[1] for k, v in knobs.items()},
-            "gpus": "GPUs per training task on the cluster (0: CPU nodes)",
+            "gpus": "GPUs per training task on the cluster (0: CPU nodes); per node of a TrainJob",
+            "nodes": "nodes per training stage: nodes x procs_per_node > 1 runs it as a Kubeflow Trainer TrainJob "
+                     "(torch-distributed, cluster only)",
+            "procs_per_node": "torchrun processes per node of a training TrainJob (one GPU each with device cuda)",
             "closed_loop": "also run closed-loop RFT: collect-rollouts, ground-world-model, train-success-model, "
                            "rft-episode (its policy and honesty.json are artifacts; evaluate and promote stay on rft)",
             "params_json": "the whole params.yaml as JSON: everything the knobs do not cover",

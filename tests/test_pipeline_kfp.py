@@ -19,7 +19,8 @@ from vla_rft.config import ConfigError
 from vla_rft.pipelines import client
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("configure", "prepare-data", "train-world-model", "pretrain-policy", "rft", "evaluate", "promote")
+STAGES = ("configure", "prepare-data", "train-world-model", "pretrain-policy", "rft", "evaluation-suites", "evaluate",
+          "promote")
 
 FAKE_KEY = "AKIAFAKEKEY0123456789"
 FAKE_SECRET = "fake-secret-value-never-leaks-0123456789"
@@ -113,11 +114,12 @@ def test_compiled_package_parses_strictly_into_pipeline_spec_and_platform_spec()
     spec, platform = _spec()
     parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise ParseError
     assert parsed.pipeline_info.name == "vla-rft"
-    assert set(parsed.root.dag.tasks) == set(STAGES) | {"condition-1"}
+    assert set(parsed.root.dag.tasks) == set(STAGES) | {"condition-1", "for-loop-2"}
     closed_loop = parsed.components["comp-condition-1"].dag.tasks  # run only with closed_loop=True
     assert set(closed_loop) == {"collect-rollouts", "ground-world-model", "train-success-model", "rft-episode"}
     assert parsed.root.dag.tasks["condition-1"].trigger_policy.condition.endswith("== true")
     assert set(parsed.root.output_definitions.parameters) == {"promoted", "reason", "version", "candidate_score"}
+
     kube = json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
     assert "kubernetes" in kube.platforms
     # the check can fail: a field the server does not know is refused
@@ -125,6 +127,28 @@ def test_compiled_package_parses_strictly_into_pipeline_spec_and_platform_spec()
     bad["root"]["inputDefinitions"]["parameters"]["profile"]["defaultvalue"] = "quick"
     with pytest.raises(json_format.ParseError, match="defaultvalue"):
         json_format.ParseDict(bad, pipeline_spec_pb2.PipelineSpec())
+
+
+def test_evaluation_fans_out_over_the_suites_into_one_merge():
+    """evaluation-suites -> ParallelFor (one evaluate-suite per item) -> evaluate collects every part -> promote."""
+    spec, platform = _spec()
+    tasks = spec["root"]["dag"]["tasks"]
+    loop = tasks["for-loop-2"]
+    items = loop["parameterIterator"]["items"]["inputParameter"]
+    assert items == "pipelinechannel--evaluation-suites-Output" and "evaluation-suites" in loop["dependentTasks"]
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"evaluate-suite"}
+    branch = inner["evaluate-suite"]["inputs"]
+    assert branch["parameters"]["branch"]["componentInputParameter"] == loop["parameterIterator"]["itemInput"]
+    assert set(branch["parameters"]) == {"branch"}  # kfp.local gives every body parameter the item
+    merge = tasks["evaluate"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]
+    assert merge == {"producerTask": "for-loop-2", "outputArtifactKey": "pipelinechannel--evaluate-suite-part"}
+    assert spec["components"]["comp-evaluate"]["inputDefinitions"]["artifacts"]["parts"]["isArtifactList"] is True
+    assert tasks["promote"]["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
+    assert set(spec["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]) == {
+        "evaluation", "metrics", "report", "summary"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "exec-evaluate-suite" in executors  # the branches read the policies from MinIO with the Secret's keys
 
 
 def test_run_form_has_typed_knobs_with_defaults_from_params_yaml():
@@ -140,6 +164,7 @@ def test_run_form_has_typed_knobs_with_defaults_from_params_yaml():
                                                           else raw["common"]["device"]),
         "gpus": ("NUMBER_INTEGER", 0), "registry": ("STRING", raw["promote"]["registry"]),
         "params_json": ("STRING", None), "overrides": ("LIST", []), "closed_loop": ("BOOLEAN", False),
+        "nodes": ("NUMBER_INTEGER", 1), "procs_per_node": ("NUMBER_INTEGER", 1),
     }
     assert set(inputs) == set(want)
     for name, (kind, default) in want.items():

@@ -62,3 +62,83 @@ def test_wrong_type_is_rejected():
     manifest["spec"]["trainer"]["numNodes"] = "two"
     with pytest.raises(Exception, match="numNodes"):
         validate_trainjob(manifest)
+
+
+SECRET_REQ = dict(image="ghcr.io/example/vla-rft:cuda", nodes=2, procs_per_node=2,
+                  env={"VLA_RFT_S3_ENDPOINT": "http://minio-service:9000"},
+                  secret_env={"AWS_ACCESS_KEY_ID": ("mlpipeline-minio-artifact", "accesskey"),
+                              "AWS_SECRET_ACCESS_KEY": ("mlpipeline-minio-artifact", "secretkey")},
+                  service_account="vla-rft-trainer")
+
+
+def test_credentials_reach_the_trainer_pods_from_the_secret_and_the_sdk_sends_the_same_patch():
+    """The keys are Secret references in the pods' env (no value anywhere), the pods run as the token-less
+    ServiceAccount, and the SDK's RuntimePatch option (what submit_and_wait sends) is exactly that patch."""
+    from components import trainjob
+    from kubeflow.trainer.options.kubernetes import _patch_to_dict
+
+    req = TrainJobRequest(ARGS, **SECRET_REQ)
+    manifest = build_trainjob(req, "vla-rft-bc-2")
+    validate_trainjob(manifest)
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]["spec"]
+    assert job["name"] == "node" and pod["serviceAccountName"] == "vla-rft-trainer"
+    (container,) = pod["containers"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]} == {
+        "AWS_ACCESS_KEY_ID": {"name": "mlpipeline-minio-artifact", "key": "accesskey"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "mlpipeline-minio-artifact", "key": "secretkey"}}
+    assert all("value" not in e for e in container["env"])
+    assert manifest["spec"]["trainer"]["env"] == [{"name": "VLA_RFT_S3_ENDPOINT", "value": "http://minio-service:9000"}]
+    assert {"manager": patch["manager"], **_patch_to_dict(trainjob._runtime_patch(req))} == patch
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open("manifests/rbac.yaml"))
+            if d["kind"] == "ServiceAccount"}
+    assert docs["vla-rft-trainer"]["automountServiceAccountToken"] is False
+    bindings = [d for d in yaml.safe_load_all(open("manifests/rbac.yaml")) if d["kind"] == "RoleBinding"]
+    assert all(s["name"] != "vla-rft-trainer" for b in bindings for s in b["subjects"])
+
+
+def test_artifact_uris_for_the_trainer_pods():
+    from components.trainjob import s3_uri
+
+    assert s3_uri("minio://mlpipeline/v2/artifacts/run/pretrain-policy/policy") == \
+        "s3://mlpipeline/v2/artifacts/run/pretrain-policy/policy"
+    assert s3_uri("s3://b/k/") == "s3://b/k"
+    with pytest.raises(ValueError, match="reach artifacts on S3 only"):
+        s3_uri("/tmp/kfp/run/policy")
+
+
+def test_the_sdk_local_process_backend_refuses_a_container_trainer():
+    """Why the local run cannot be the cluster's submission verbatim: LocalProcessBackend runs CustomTrainer
+    (a Python function) only; our image + command (CustomTrainerContainer) is refused with this error."""
+    from components.trainjob import submit_and_wait
+    from kubeflow.trainer import LocalProcessBackendConfig
+
+    req = TrainJobRequest(ARGS, image="ghcr.io/example/vla-rft:0.1.0", procs_per_node=2)
+    with pytest.raises(ValueError, match="is not compatible with LocalProcessBackend|CustomTrainer must be set"):
+        submit_and_wait(req, backend=LocalProcessBackendConfig(), log=lambda line: None)
+
+
+def test_pipeline_run_local_refuses_a_trainjob(tmp_path):
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "vla_rft.cli", "pipeline", "run", "--local", "--pipeline-root",
+                             str(tmp_path / "kfp"), "--param", "nodes=2", "--param", "procs_per_node=2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "nodes x procs_per_node = 4" in result.stderr and "kfp.local cannot run" in result.stderr
+    assert not (tmp_path / "kfp").exists()
+
+
+def test_the_training_tasks_pass_nodes_and_procs_to_their_components():
+    from vla_rft.pipelines import client
+
+    spec = list(yaml.safe_load_all(client.COMPILED_PATH.read_text()))[0]
+    root = spec["root"]
+    assert root["inputDefinitions"]["parameters"]["nodes"]["defaultValue"] == 1
+    assert root["inputDefinitions"]["parameters"]["procs_per_node"]["defaultValue"] == 1
+    for task in ("train-world-model", "pretrain-policy", "rft"):
+        params = root["dag"]["tasks"][task]["inputs"]["parameters"]
+        assert params["nodes"]["componentInputParameter"] == "nodes"
+        assert params["procs_per_node"]["componentInputParameter"] == "procs_per_node"
+        assert params["image"]["runtimeValue"]["constant"].startswith("ghcr.io/")

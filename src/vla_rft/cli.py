@@ -21,6 +21,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one parameter (repeatable), e.g. --set sim.num_workers=1")
     p.add_argument("--summary-json", default=None, help="also write the stage summary as JSON to this path")
+    p.add_argument("--config-json", default=None, metavar="JSON",
+                   help="a resolved configuration (the pipeline's configure output) instead of --params/--profile; "
+                        "how a TrainJob's pods get the run's config")
+
+
+def _load(args: argparse.Namespace):
+    """The stage's config: ``--config-json`` when given (checked like any params file), else params + profile + --set."""
+    if getattr(args, "config_json", None):
+        from vla_rft.config import config_from_dict
+
+        try:
+            raw = json.loads(args.config_json)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--config-json is not JSON: {err}") from None
+        return config_from_dict(raw, overrides=args.overrides)
+    return load_config(args.params, args.profile, args.overrides)
 
 
 def _human_bytes(n: float) -> str:
@@ -34,7 +50,7 @@ def _human_bytes(n: float) -> str:
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     summary = stages.prepare_data(cfg, args.out, overwrite=args.overwrite)
     per_task = ", ".join(f"{t} {s['success_rate']:.0%}" for t, s in summary["expert_per_task"].items())
     print(
@@ -64,7 +80,7 @@ def _is_main_rank() -> bool:
 def _cmd_train_world_model(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.train_world_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
                                  checkpoint_dir=args.checkpoint_dir, restart=args.restart, init_from=args.init_from)
     if not _is_main_rank():  # under torchrun, rank 0 reports; the artifact is already written
@@ -79,7 +95,7 @@ def _cmd_train_world_model(args: argparse.Namespace) -> int:
 def _cmd_pretrain_policy(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.pretrain_policy(cfg, args.dataset, args.out, overwrite=args.overwrite,
                                checkpoint_dir=args.checkpoint_dir, restart=args.restart)
     if not _is_main_rank():  # under torchrun, rank 0 reports; the artifact is already written
@@ -93,7 +109,7 @@ def _cmd_pretrain_policy(args: argparse.Namespace) -> int:
 def _cmd_rft(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.rft(cfg, args.dataset, args.world_model, args.policy, args.out, overwrite=args.overwrite,
                    checkpoint_dir=args.checkpoint_dir, restart=args.restart, verify=not args.no_verify,
                    success_model_uri=args.success_model, rollouts_uri=args.rollouts)
@@ -111,7 +127,7 @@ def _cmd_rft(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     from vla_rft.evaluation.configuration import check_policy_name
 
     policies = {}
@@ -122,7 +138,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if name in policies:
             raise ConfigError(f"--policy {name!r} is given twice; every evaluated policy needs its own name")
         policies[check_policy_name(name)] = uri
-    s = stages.evaluate(cfg, policies, args.out, world_model_uri=args.world_model, overwrite=args.overwrite)
+    suites = None if args.suites is None else [x.strip() for x in args.suites.split(",") if x.strip()]
+    s = stages.evaluate(cfg, policies, args.out, world_model_uri=args.world_model, overwrite=args.overwrite,
+                        suites=suites)
+    if suites is not None:
+        print(f"evaluate: suites {', '.join(s['suites'])} of {', '.join(policies)} and the expert "
+              f"({s['seconds']:.1f} s) -> {s['uri']} (merge the parts with merge-evaluations)")
+        return _write_summary(args, {"uri": s["uri"], "seconds": s["seconds"], "suites": s["suites"]})
+    return _report_evaluation(args, s)
+
+
+def _cmd_merge_evaluations(args: argparse.Namespace) -> int:
+    from vla_rft import stages
+
+    cfg = _load(args)
+    s = stages.merge_evaluations(cfg, args.part, args.out, world_model_uri=args.world_model, overwrite=args.overwrite)
+    return _report_evaluation(args, s)
+
+
+def _report_evaluation(args: argparse.Namespace, s: dict) -> int:
     for name, entry in s["metrics"]["policies"].items():
         overall = entry["overall"]
         print(f"evaluate: {name}: nominal {overall['nominal']:.1%}, perturbed "
@@ -135,7 +169,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     d = stages.promote(cfg, args.policy, args.evaluation, registry=args.registry, force=args.force)
     print(f"promote: {'promoted ' + d['version'] if d['promoted'] else 'kept the champion'}: {d['reason']}")
     return _write_summary(args, d)
@@ -144,7 +178,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_export_lerobot(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.export_lerobot(cfg, args.dataset, args.out, overwrite=args.overwrite)
     print(f"export-lerobot: {s['episodes']} episodes, {s['frames']} frames, {s['tasks']} tasks, camera "
           f"{s['camera']}, {_human_bytes(s['size_bytes'])}, {s['seconds']:.1f} s -> {s['out']} (LeRobot v3.0)")
@@ -154,7 +188,7 @@ def _cmd_export_lerobot(args: argparse.Namespace) -> int:
 def _cmd_import_lerobot(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.import_lerobot(cfg, args.source, args.out, camera=args.camera, overwrite=args.overwrite)
     notes = s["notes"]
     extra = "".join(f"; {k}: {v}" for k, v in notes.items() if k in ("resized_from", "resize_method") or
@@ -196,7 +230,7 @@ def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
 def _cmd_collect_rollouts(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.collect_rollouts(cfg, args.policy, args.out, overwrite=args.overwrite)
     per_task = ", ".join(f"{t} {v:.0%}" for t, v in s["success_per_task"].items())
     print(f"collect-rollouts: {s['episodes']} episodes (seeds {s['seeds'][0]}..{s['seeds'][1] - 1}), {s['frames']} "
@@ -207,7 +241,7 @@ def _cmd_collect_rollouts(args: argparse.Namespace) -> int:
 def _cmd_train_success_model(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
-    cfg = load_config(args.params, args.profile, args.overrides)
+    cfg = _load(args)
     s = stages.train_success_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
                                    checkpoint_dir=args.checkpoint_dir, restart=args.restart)
     c = s["train"]["calibration"]
@@ -342,7 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-model", default=None, help="adds its fidelity and imagined GIFs to the report")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--suites", default=None, metavar="NAME[,NAME]",
+                   help="run only these of evaluate.suites and write an evaluation part for merge-evaluations "
+                        "(one branch of a fanned-out evaluation)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("merge-evaluations", help="join the parts of a fanned-out evaluation into the evaluation")
+    _add_config_args(p)
+    p.add_argument("--part", action="append", required=True, metavar="URI",
+                   help="an `evaluate --suites` output (repeatable); together they cover evaluate.suites once")
+    p.add_argument("--world-model", default=None, help="adds its fidelity and imagined GIFs to the report")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_merge_evaluations)
 
     p = sub.add_parser("promote", help="make a policy the registry's champion if it beats the current one")
     _add_config_args(p)

@@ -305,21 +305,22 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
 
 
 def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model_uri: str | None = None,
-             overwrite: bool = False, expert: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run the policies (name -> URI) and the scripted expert in the real simulator; publish the report."""
-    from vla_rft.evaluation.metrics import compute_metrics, kfp_metrics
-    from vla_rft.evaluation.report import ReportSection, write_report
-    from vla_rft.evaluation.runner import run_evaluation
-    from vla_rft.policy.modeling import VLAPolicy
-    from vla_rft.world_model.evaluate import fidelity_report_fragment
+             overwrite: bool = False, expert: bool = True, progress: bool = True,
+             suites: list[str] | None = None) -> dict[str, Any]:
+    """Run the policies (name -> URI) and the scripted expert in the real simulator; publish the report.
 
+    ``suites``: run only these of ``evaluate.suites`` and publish an ``evaluation_part`` (the raw
+    outcomes, no report) for :func:`merge_evaluations`, one branch of a fanned-out evaluation.
+    """
     from vla_rft.errors import ConfigError
     from vla_rft.evaluation.configuration import check_policy_name
+    from vla_rft.evaluation.runner import run_evaluation, save_results
 
     if not policies:
         raise ConfigError("evaluate needs at least one --policy NAME=URI")
     for name in policies:
         check_policy_name(name)
+    chosen = _chosen_suites(cfg, suites)
     _refuse_existing(out_uri, "evaluation", overwrite)
     _check_renderer()
     if world_model_uri:
@@ -332,33 +333,132 @@ def evaluate(cfg: Config, policies: dict[str, str], out_uri: str, *, world_model
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-eval-") as tmp:
         cache = Path(tmp) / "cache"
-        acts, tasks, evaluated = {}, None, {}
-        for name, uri in policies.items():
-            policy_dir, manifest = storage.read_artifact(uri, expected_kind="policy", cache_dir=cache)
-            evaluated[name] = {"uri": uri, "content_sha256": registry_mod.content_hash(manifest)}
-            policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
-            acts[name] = _policy_act(policy, cfg.sim.tasks, name, uri)
-            tasks = cfg.sim.tasks
-        results = run_evaluation(acts, tasks, cfg.evaluate, cfg.sim, expert=expert,
-                                 chunk_len=cfg.common.chunk_len, progress=progress)
-        names = list(policies)
-        comparisons = [(n, names[0]) for n in names[1:]]
-        metrics = compute_metrics(results, comparisons=comparisons, confidence=cfg.evaluate.confidence)
-        out = Path(tmp) / "out"
-        sections = []
-        if world_model_uri:
-            wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
-            fragment = fidelity_report_fragment(wm_dir, "wm")
-            if fragment is not None:
-                sections.append(ReportSection("World-model fidelity (val episodes)", *fragment))
-        write_report(out, metrics, results, sections=sections, plots=cfg.evaluate.plots)
-        (out / "kfp_metrics.json").write_text(json.dumps({n: kfp_metrics(metrics, n) for n in metrics["policies"]},
-                                                         indent=2))
-        storage.write_artifact(out, out_uri, kind="evaluation",
-                               config={"profile": cfg.profile, "evaluate": cfg.section("evaluate"),
-                                       "sim": cfg.section("sim"), "chunk_len": cfg.common.chunk_len,
-                                       "policies": policies, "evaluated": evaluated}, overwrite=overwrite)
+        acts, evaluated = _load_policies(cfg, policies, cache)
+        results = run_evaluation(acts, cfg.sim.tasks, cfg.evaluate, cfg.sim, expert=expert,
+                                 chunk_len=cfg.common.chunk_len, progress=progress, suites=chosen)
+        if chosen is not None:
+            out = Path(tmp) / "out"
+            save_results(results, out)
+            storage.write_artifact(out, out_uri, kind="evaluation_part",
+                                   config={**_evaluation_record(cfg, policies, evaluated),
+                                           "suites": [s.name for s in chosen]}, overwrite=overwrite)
+            return {"uri": out_uri, "suites": [s.name for s in chosen], "seconds": time.time() - start,
+                    "results": results}
+        metrics = _publish_evaluation(cfg, results, policies, evaluated, out_uri, world_model_uri, Path(tmp),
+                                      overwrite)
     return {"uri": out_uri, "metrics": metrics, "seconds": time.time() - start}
+
+
+def merge_evaluations(cfg: Config, part_uris: list[str], out_uri: str, *, world_model_uri: str | None = None,
+                      overwrite: bool = False) -> dict[str, Any]:
+    """Join the ``evaluation_part`` artifacts of a fanned-out evaluation into the evaluation artifact.
+
+    The result is what :func:`evaluate` writes for all of ``evaluate.suites`` at once (same
+    metrics.json, report and manifest, the evaluated policies' hashes included): every part must
+    have evaluated the same policy artifacts with this config's simulator and evaluate settings,
+    and together the parts must cover each suite exactly once.
+    """
+    from vla_rft.errors import CompatibilityError, ConfigError
+    from vla_rft.evaluation.runner import load_results, merge_results
+
+    if not part_uris:
+        raise ConfigError("merge-evaluations needs at least one --part (an `evaluate --suites` output)")
+    _refuse_existing(out_uri, "evaluation", overwrite)
+    if world_model_uri:
+        storage.read_manifest(world_model_uri)
+    start = time.time()
+    expected = {"sim": cfg.section("sim"), "chunk_len": cfg.common.chunk_len,
+                "evaluate": {k: v for k, v in cfg.section("evaluate").items() if k != "suites"}}
+    with tempfile.TemporaryDirectory(prefix="vla-rft-merge-") as tmp:
+        parts, first = [], None
+        for i, uri in enumerate(part_uris):
+            part_dir, manifest = storage.read_artifact(uri, expected_kind="evaluation_part",
+                                                       cache_dir=Path(tmp) / f"part{i}")
+            rec = manifest.get("config", {})
+            got = {"sim": rec.get("sim"), "chunk_len": rec.get("chunk_len"),
+                   "evaluate": {k: v for k, v in (rec.get("evaluate") or {}).items() if k != "suites"}}
+            for section in ("sim", "evaluate"):
+                for key in sorted(set(expected[section]) | set(got[section] or {})):
+                    mine, theirs = expected[section].get(key), (got[section] or {}).get(key)
+                    if mine != theirs:
+                        raise CompatibilityError(f"evaluation part {uri} ran with {section}.{key}={theirs!r}, "
+                                                 f"this config has {mine!r}: merge parts of one evaluation only")
+            if got["chunk_len"] != expected["chunk_len"]:
+                raise CompatibilityError(f"evaluation part {uri} ran with common.chunk_len={got['chunk_len']}, "
+                                         f"this config has {expected['chunk_len']}")
+            if first is None:
+                first = rec
+            elif rec.get("evaluated") != first.get("evaluated"):
+                raise CompatibilityError(f"evaluation part {uri} evaluated other policy artifacts than "
+                                         f"{part_uris[0]}: {rec.get('evaluated')} vs {first.get('evaluated')}")
+            parts.append(load_results(part_dir))
+        try:
+            results = merge_results(parts, cfg.evaluate.suite_list())
+        except ValueError as err:
+            raise CompatibilityError(f"merge-evaluations: {err}") from None
+        metrics = _publish_evaluation(cfg, results, first["policies"], first["evaluated"], out_uri, world_model_uri,
+                                      Path(tmp), overwrite)
+    return {"uri": out_uri, "metrics": metrics, "seconds": time.time() - start}
+
+
+def _chosen_suites(cfg: Config, suites: list[str] | None):
+    """``suites`` as Suite objects in report order, each one of ``evaluate.suites``; None stays None."""
+    from vla_rft.errors import ConfigError
+
+    if suites is None:
+        return None
+    table = {s.name: s for s in cfg.evaluate.suite_list()}
+    unknown = [s for s in suites if s not in table]
+    if not suites or unknown:
+        raise ConfigError(f"--suites {','.join(suites)}: {'empty' if not suites else f'{unknown[0]!r} is not'} "
+                          f"among this config's evaluate.suites ({', '.join(table)})")
+    if len(set(suites)) != len(suites):
+        raise ConfigError(f"--suites lists a suite twice: {suites}")
+    return [s for name, s in table.items() if name in suites]
+
+
+def _load_policies(cfg: Config, policies: dict[str, str], cache: Path):
+    """Each policy's ``act`` function, and what was evaluated: name -> {uri, content_sha256}."""
+    from vla_rft.policy.modeling import VLAPolicy
+
+    acts, evaluated = {}, {}
+    for name, uri in policies.items():
+        policy_dir, manifest = storage.read_artifact(uri, expected_kind="policy", cache_dir=cache)
+        evaluated[name] = {"uri": uri, "content_sha256": registry_mod.content_hash(manifest)}
+        policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
+        acts[name] = _policy_act(policy, cfg.sim.tasks, name, uri)
+    return acts, evaluated
+
+
+def _evaluation_record(cfg: Config, policies: dict[str, str], evaluated: dict) -> dict[str, Any]:
+    """The manifest config of an evaluation: the settings that define its episodes and what it evaluated."""
+    return {"profile": cfg.profile, "evaluate": cfg.section("evaluate"), "sim": cfg.section("sim"),
+            "chunk_len": cfg.common.chunk_len, "policies": policies, "evaluated": evaluated}
+
+
+def _publish_evaluation(cfg: Config, results, policies: dict[str, str], evaluated: dict, out_uri: str,
+                        world_model_uri: str | None, tmp: Path, overwrite: bool) -> dict[str, Any]:
+    """metrics.json, the report and the manifest of an evaluation, published at ``out_uri``; the metrics."""
+    from vla_rft.evaluation.metrics import compute_metrics, kfp_metrics
+    from vla_rft.evaluation.report import ReportSection, write_report
+    from vla_rft.world_model.evaluate import fidelity_report_fragment
+
+    names = list(policies)
+    comparisons = [(n, names[0]) for n in names[1:]]
+    metrics = compute_metrics(results, comparisons=comparisons, confidence=cfg.evaluate.confidence)
+    out = tmp / "out"
+    sections = []
+    if world_model_uri:
+        wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=tmp / "cache")
+        fragment = fidelity_report_fragment(wm_dir, "wm")
+        if fragment is not None:
+            sections.append(ReportSection("World-model fidelity (val episodes)", *fragment))
+    write_report(out, metrics, results, sections=sections, plots=cfg.evaluate.plots)
+    (out / "kfp_metrics.json").write_text(json.dumps({n: kfp_metrics(metrics, n) for n in metrics["policies"]},
+                                                     indent=2))
+    storage.write_artifact(out, out_uri, kind="evaluation", config=_evaluation_record(cfg, policies, evaluated),
+                           overwrite=overwrite)
+    return metrics
 
 
 def _policy_act(policy, tasks: list[str], name: str, uri: str):

@@ -20,9 +20,12 @@ stochastic policy should act with its mean for a reproducible evaluation.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -133,9 +136,16 @@ def plan_episodes(tasks: Sequence[str], suites: Sequence[Suite], cfg: EvaluateCo
     return plan, skipped
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def _batches(plan: list[PlannedEpisode], size: int) -> Iterator[list[PlannedEpisode]]:
+    """Batches of at most ``size`` planned episodes that never span two suites.
+
+    A suite evaluated on its own (one branch of a fanned-out evaluation) then runs exactly the
+    batches it runs inside the whole evaluation, so the merged result equals the single run.
+    """
+    for _, group in itertools.groupby(plan, key=lambda p: p.suite.name):
+        group = list(group)
+        for start in range(0, len(group), size):
+            yield group[start:start + size]
 
 
 @contextlib.contextmanager
@@ -282,11 +292,13 @@ def make_simulator(sim_cfg, cfg: EvaluateConfig):
 
 
 def run_evaluation(policies: Mapping[str, PolicyFn], tasks: Sequence[str], cfg: EvaluateConfig, sim_cfg, *,
-                   expert: bool = True, chunk_len: int = 8, progress: bool = True) -> list[EvalResults]:
+                   expert: bool = True, chunk_len: int = 8, progress: bool = True,
+                   suites: Sequence[Suite] | None = None) -> list[EvalResults]:
     """Every policy, then (``expert=True``) the scripted expert, on the same episodes and one simulator.
 
     ``policies`` maps report names (e.g. ``{"base": act_base, "rft": act_rft}``) to callables; the
-    task list must be the one the policies' ``task_index`` was trained on.
+    task list must be the one the policies' ``task_index`` was trained on. ``suites``: a subset of
+    ``cfg.suite_list()`` (one branch of a fanned-out evaluation); None runs them all.
     """
     from vla_rft.evaluation.configuration import check_policy_name
 
@@ -295,7 +307,83 @@ def run_evaluation(policies: Mapping[str, PolicyFn], tasks: Sequence[str], cfg: 
     out = []
     with make_simulator(sim_cfg, cfg) as sim:
         for name, act in policies.items():
-            out.append(evaluate_policy(act, tasks, None, cfg, sim, name=name, progress=progress))
+            out.append(evaluate_policy(act, tasks, suites, cfg, sim, name=name, progress=progress))
         if expert:
-            out.append(evaluate_expert(tasks, None, cfg, sim, chunk_len=chunk_len, progress=progress))
+            out.append(evaluate_expert(tasks, suites, cfg, sim, chunk_len=chunk_len, progress=progress))
+    return out
+
+
+RESULTS_FILE, VIDEOS_FILE = "results.json", "videos.npz"
+
+
+def save_results(results: Sequence[EvalResults], out_dir) -> None:
+    """The raw outcomes of an evaluation (episodes, n/a cells, kept videos' frames) for a later merge."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames, entries = {}, []
+    for r in results:
+        videos = []
+        for v in r.videos:
+            key = f"v{len(frames)}"
+            frames[key] = v.frames
+            videos.append({"suite": v.suite, "task": v.task, "episode": v.episode, "success": v.success,
+                           "fps": v.fps, "frames": key})
+        entries.append({**r.to_dict(), "videos": videos})
+    (out / RESULTS_FILE).write_text(json.dumps({"results": entries}, indent=1) + "\n")
+    np.savez_compressed(out / VIDEOS_FILE, **frames)
+
+
+def load_results(in_dir) -> list[EvalResults]:
+    """What :func:`save_results` wrote, videos included."""
+    src = Path(in_dir)
+    entries = json.loads((src / RESULTS_FILE).read_text())["results"]
+    with np.load(src / VIDEOS_FILE) as frames:
+        out = []
+        for d in entries:
+            r = EvalResults.from_dict(d)
+            r.videos = [EpisodeVideo(v["suite"], v["task"], v["episode"], v["success"], frames[v["frames"]], v["fps"])
+                        for v in d["videos"]]
+            out.append(r)
+    return out
+
+
+
+def merge_results(parts: Sequence[Sequence[EvalResults]], suites: Sequence[Suite]) -> list[EvalResults]:
+    """Evaluations of the same policies on disjoint suites joined into the evaluation of all ``suites``.
+
+    Episodes, n/a cells and videos are taken suite by suite in ``suites`` order, the order one
+    evaluation of all suites produces them in (its plan runs suite by suite and its batches never
+    span two suites); seconds add up. Raises ValueError when the parts do not fit together.
+    """
+    owner: dict[str, int] = {}
+    for i, part in enumerate(parts):
+        if not part:
+            raise ValueError(f"evaluation part {i} holds no results")
+        names = [r.policy for r in part]
+        if names != [r.policy for r in parts[0]]:
+            raise ValueError(f"evaluation part {i} evaluated {names}, part 0 {[r.policy for r in parts[0]]}")
+        for s in part[0].suites:
+            if s.name in owner:
+                raise ValueError(f"suite {s.name!r} was evaluated in two parts ({owner[s.name]} and {i})")
+            owner[s.name] = i
+    missing = [s.name for s in suites if s.name not in owner]
+    extra = sorted(set(owner) - {s.name for s in suites})
+    if missing or extra:
+        raise ValueError(f"the parts do not cover the evaluation's suites: missing {missing}, not expected {extra}")
+    out = []
+    for j, head in enumerate(parts[0]):
+        mine = [part[j] for part in parts]
+        for r in mine:
+            if (r.tasks, r.episodes_per_task, r.max_episode_steps, r.seed_base) != (
+                    head.tasks, head.episodes_per_task, head.max_episode_steps, head.seed_base):
+                raise ValueError(f"policy {r.policy!r} was evaluated on other episodes in one part (tasks, "
+                                 "episodes_per_task, max_episode_steps or seed_base differ)")
+        cells = [(s.name, mine[owner[s.name]]) for s in suites]
+        out.append(EvalResults(
+            head.policy, list(head.tasks), list(suites),
+            [e for name, r in cells for e in r.episodes if e.suite == name],
+            [c for name, r in cells for c in r.not_applicable if c[0] == name],
+            [v for name, r in cells for v in r.videos if v.suite == name],
+            head.episodes_per_task, head.max_episode_steps, head.seed_base,
+            next((r.chunk_len for r in mine if r.chunk_len is not None), None), sum(r.seconds for r in mine)))
     return out
