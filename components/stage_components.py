@@ -26,7 +26,8 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
     @dsl.component(base_image=image, install_kfp_package=False)
     def configure(params_json: str, profile: str, overrides: list, tasks: str, episodes_per_task: int,
                   world_model_steps: int, bc_steps: int, rft_steps: int, group_size: int,
-                  eval_episodes_per_task: int, device: str, registry: str, config: Output[Markdown]) -> str:
+                  eval_episodes_per_task: int, device: str, registry: str, data_source: str, base_policy: str,
+                  dvc_repo: str, accumulate_rollouts: bool, config: Output[Markdown]) -> str:
         """Resolve and validate the run's configuration: params.yaml, profile, knobs, then overrides."""
         import json
 
@@ -35,7 +36,8 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
         resolved = outputs.resolve_config(
             params_json, profile, overrides, tasks=tasks, episodes_per_task=episodes_per_task,
             world_model_steps=world_model_steps, bc_steps=bc_steps, rft_steps=rft_steps, group_size=group_size,
-            eval_episodes_per_task=eval_episodes_per_task, device=device, registry=registry)
+            eval_episodes_per_task=eval_episodes_per_task, device=device, registry=registry, data_source=data_source,
+            base_policy=base_policy, dvc_repo=dvc_repo, accumulate_rollouts=accumulate_rollouts)
         rows = [("profile", resolved["profile"])] + [(key, resolved[key.split(".")[0]][key.split(".")[1]])
                                                      for key in outputs.KNOBS.values()]
         with open(config.path, "w") as f:
