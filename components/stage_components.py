@@ -179,6 +179,9 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
         rows = [("episodes", result["episodes"]), ("seeds", f"{result['seeds'][0]}..{result['seeds'][1] - 1}"),
                 ("policy success", f"{result['success_rate']:.1%}")]
         rows += [(f"policy success: {t}", f"{v:.0%}") for t, v in result["success_per_task"].items()]
+        if result["version"]:  # data.accumulate_rollouts: the rollouts history's new DVC version
+            rows += [("rollouts version", f"{result['version']['tag']} ({result['version']['commit'][:12]}), "
+                                          f"{result['episodes']} episodes in all")]
         with open(summary.path, "w") as f:
             f.write("# collect-rollouts\n\n" + outputs.markdown_table(rows + [("seconds", result["seconds"])]))
 

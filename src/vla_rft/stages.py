@@ -177,7 +177,8 @@ def _dataset_from_source(cfg: Config, out_uri: str, *, overwrite: bool = False) 
                                config={**manifest.get("config", {}), "source": origin}, overwrite=overwrite)
     expert = data.info.get("expert") or {}
     rates = [s["success_rate"] for s in expert.values()]
-    print(f"prepare-data: data.source {source} -> {origin.get('commit', source)[:12]}, content sha256 "
+    print(f"prepare-data: data.source {source}" + (f" -> commit {origin['commit'][:12]}" if "commit" in origin else "")
+          + ", content sha256 "
           f"{origin['content_sha256'][:12]}", file=sys.stderr, flush=True)
     return {"uri": out_uri, "episodes": len(data.episodes), "episodes_attempted": len(data.episodes),
             "frames": len(data.images), "splits": data.info.get("splits") or {
