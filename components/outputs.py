@@ -25,7 +25,14 @@ KNOBS: dict[str, str] = {
     "eval_episodes_per_task": "evaluate.episodes_per_task",
     "device": "common.device",
     "registry": "promote.registry",
+    "data_source": "data.source",
+    "base_policy": "policy.init",
+    "dvc_repo": "data.dvc_repo",
+    "accumulate_rollouts": "data.accumulate_rollouts",
 }
+
+#: knobs that are true/false: always applied (their default is params.yaml's own value)
+BOOL_KNOBS = ("accumulate_rollouts",)
 
 
 def knob_overrides(knobs: dict[str, Any]) -> list[str]:
@@ -35,6 +42,9 @@ def knob_overrides(knobs: dict[str, Any]) -> list[str]:
         raise ValueError(f"unknown pipeline knob {unknown[0]!r}; known knobs: {', '.join(KNOBS)}")
     out = []
     for name, value in knobs.items():
+        if name in BOOL_KNOBS and isinstance(value, bool):
+            out.append(f"{KNOBS[name]}={str(value).lower()}")
+            continue
         if value in (None, "", 0) or isinstance(value, bool):
             continue
         if name == "tasks":

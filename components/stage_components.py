@@ -26,7 +26,8 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
     @dsl.component(base_image=image, install_kfp_package=False)
     def configure(params_json: str, profile: str, overrides: list, tasks: str, episodes_per_task: int,
                   world_model_steps: int, bc_steps: int, rft_steps: int, group_size: int,
-                  eval_episodes_per_task: int, device: str, registry: str, config: Output[Markdown]) -> str:
+                  eval_episodes_per_task: int, device: str, registry: str, data_source: str, base_policy: str,
+                  dvc_repo: str, accumulate_rollouts: bool, config: Output[Markdown]) -> str:
         """Resolve and validate the run's configuration: params.yaml, profile, knobs, then overrides."""
         import json
 
@@ -35,7 +36,8 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
         resolved = outputs.resolve_config(
             params_json, profile, overrides, tasks=tasks, episodes_per_task=episodes_per_task,
             world_model_steps=world_model_steps, bc_steps=bc_steps, rft_steps=rft_steps, group_size=group_size,
-            eval_episodes_per_task=eval_episodes_per_task, device=device, registry=registry)
+            eval_episodes_per_task=eval_episodes_per_task, device=device, registry=registry, data_source=data_source,
+            base_policy=base_policy, dvc_repo=dvc_repo, accumulate_rollouts=accumulate_rollouts)
         rows = [("profile", resolved["profile"])] + [(key, resolved[key.split(".")[0]][key.split(".")[1]])
                                                      for key in outputs.KNOBS.values()]
         with open(config.path, "w") as f:
@@ -233,6 +235,9 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
         rows = [("episodes", result["episodes"]), ("seeds", f"{result['seeds'][0]}..{result['seeds'][1] - 1}"),
                 ("policy success", f"{result['success_rate']:.1%}")]
         rows += [(f"policy success: {t}", f"{v:.0%}") for t, v in result["success_per_task"].items()]
+        if result["version"]:  # data.accumulate_rollouts: the rollouts history's new DVC version
+            rows += [("rollouts version", f"{result['version']['tag']} ({result['version']['commit'][:12]}), "
+                                          f"{result['episodes']} episodes in all")]
         with open(summary.path, "w") as f:
             f.write("# collect-rollouts\n\n" + outputs.markdown_table(rows + [("seconds", result["seconds"])]))
 

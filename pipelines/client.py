@@ -83,7 +83,7 @@ def compile_pipeline(out: str | Path = COMPILED_PATH, params_path: str | Path | 
 #: top-level pipeline parameters ``--param NAME=VALUE`` may set, with their types
 PARAM_TYPES: dict[str, type] = {name: (int if name.endswith(("_steps", "_per_task")) or name == "group_size" else str)
                                 for name in KNOBS} | {"gpus": int, "closed_loop": bool, "nodes": int,
-                                                      "procs_per_node": int}
+                                                      "procs_per_node": int, "accumulate_rollouts": bool}
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -443,7 +443,12 @@ def schedule(host: str, cron: str, experiment: str = PIPELINE_NAME, max_concurre
              profile: str | None = None, job_name: str | None = None, package: str | Path | None = None,
              overrides: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S,
              params_path: str | Path | None = None, params: dict | None = None) -> dict:
-    """Create a recurring run (scheduled retraining); the evaluate stage's promotion gate keeps the best model."""
+    """Create a recurring run (scheduled retraining); the evaluate stage's promotion gate keeps the best model.
+
+    Caching is off for the recurring run: each cycle exists to see new inputs (the registry's
+    champion, a DVC branch that moved, the rollouts history), none of which is a task input KFP's
+    cache key sees, so a cached cycle would replay the first one's outputs.
+    """
     validate_cron(cron)
     if max_concurrency < 1:
         raise PipelineError(f"--max-concurrency must be >= 1, got {max_concurrency}")
@@ -454,6 +459,6 @@ def schedule(host: str, cron: str, experiment: str = PIPELINE_NAME, max_concurre
             rr = client.create_recurring_run(
                 experiment_id=_experiment_id(client, experiment), job_name=job_name or f"{PIPELINE_NAME} retraining",
                 cron_expression=cron, max_concurrency=max_concurrency, no_catchup=True, params=arguments,
-                pipeline_package_path=path,
+                pipeline_package_path=path, enable_caching=False,
             )
     return {"recurring_run_id": rr.recurring_run_id, "cron": cron, "experiment": experiment}

@@ -34,6 +34,10 @@ _KNOB_HELP = {
     "eval_episodes_per_task": "real-simulator evaluation episodes per task and suite",
     "device": "torch device of the training stages: cpu or cuda",
     "registry": "model registry the promote gate publishes to (local path or s3://bucket/prefix)",
+    "data_source": "dataset to train on: generate, a dataset URI (s3://... or a path) or dvc:REV of dvc_repo",
+    "base_policy": "base policy: scratch (behaviour cloning) or champion (the registry's champion; none yet: BC)",
+    "dvc_repo": "git repository (URL or path) of the DVC-tracked datasets and the rollouts history",
+    "accumulate_rollouts": "closed loop: append this run's rollouts to the rollouts history as a new DVC version",
 }
 
 
@@ -100,15 +104,17 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
         world_model_steps: int = d["world_model_steps"], bc_steps: int = d["bc_steps"],
         rft_steps: int = d["rft_steps"], group_size: int = d["group_size"],
         eval_episodes_per_task: int = d["eval_episodes_per_task"], device: str = d["device"], gpus: int = 0,
-        registry: str = d["registry"], closed_loop: bool = False, nodes: int = 1, procs_per_node: int = 1,
-        params_json: str = params_json,
+        registry: str = d["registry"], data_source: str = d["data_source"], base_policy: str = d["base_policy"],
+        dvc_repo: str = d["dvc_repo"], accumulate_rollouts: bool = d["accumulate_rollouts"],
+        closed_loop: bool = False, nodes: int = 1, procs_per_node: int = 1, params_json: str = params_json,
         overrides: list = [],  # noqa: B006 - KFP literal
     ) -> NamedTuple("Outputs", [("promoted", bool), ("reason", str), ("version", str), ("candidate_score", float)]):
         cfg = comps["configure"](
             params_json=params_json, profile=profile, overrides=overrides, tasks=tasks,
             episodes_per_task=episodes_per_task, world_model_steps=world_model_steps, bc_steps=bc_steps,
             rft_steps=rft_steps, group_size=group_size, eval_episodes_per_task=eval_episodes_per_task,
-            device=device, registry=registry)
+            device=device, registry=registry, data_source=data_source, base_policy=base_policy, dvc_repo=dvc_repo,
+            accumulate_rollouts=accumulate_rollouts)
         _resources(cfg.set_display_name("configure"), "100m", "1Gi")
         config_json = cfg.outputs["Output"]
         data = comps["prepare-data"](config_json=config_json).set_display_name("prepare-data")

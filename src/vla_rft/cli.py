@@ -58,6 +58,8 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
         f"{summary['splits']['val']} val), {summary['frames']} frames, expert success "
         f"{summary['expert_success']:.1%} ({per_task}), {_human_bytes(summary['size_bytes'])}, "
         f"{summary['seconds']:.1f} s -> {summary['uri']}"
+        + (f" (from {summary['source'].get('rev') or summary['source'].get('uri')}, content sha256 "
+           f"{summary['source']['content_sha256'][:12]})" if "source" in summary else "")
     )
     return _write_summary(args, summary)
 
@@ -101,7 +103,7 @@ def _cmd_pretrain_policy(args: argparse.Namespace) -> int:
     if not _is_main_rank():  # under torchrun, rank 0 reports; the artifact is already written
         return 0
     t = s["train"]
-    print(f"pretrain-policy: {t.get('steps')} steps{' (resumed)' if s['resumed'] else ''}, final val loss "
+    print(f"pretrain-policy: {s['init']}: {t.get('steps')} steps{' (resumed)' if s['resumed'] else ''}, final val loss "
           f"{t.get('final_val_loss')}, {s['seconds']:.1f} s -> {s['uri']}")
     return _write_summary(args, s)
 

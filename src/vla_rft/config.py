@@ -142,6 +142,38 @@ class CollectRolloutsConfig:
 
 
 @dataclass
+class DataConfig:
+    """Which dataset a run trains on, and where dataset versions live (DVC in a git repository)."""
+
+    #: ``generate`` (scripted experts record it: prepare_data), a dataset artifact URI (``s3://...``
+    #: or a local path), or ``dvc:REV``: ``dvc_path`` at git revision REV (tag, branch, commit) of ``dvc_repo``
+    source: str = "generate"
+    #: git repository (path or URL, cloned for every read and write) whose DVC-tracked datasets
+    #: ``dvc:REV`` reads and rollout versions are committed to; its ``.dvc/config`` names the remote
+    dvc_repo: str = "."
+    dvc_path: str = "data/dataset"  #: the dataset ``dvc:REV`` reads, inside ``dvc_repo``
+    #: the versioned rollouts dataset inside ``dvc_repo`` (every cycle's rollouts, appended)
+    rollouts_path: str = "data/rollouts_history"
+    #: true: collect-rollouts appends its episodes to ``rollouts_path``, commits a new version
+    #: (git tag ``rollouts-v<N>``), pushes data to the DVC remote and the commit to git's origin
+    accumulate_rollouts: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ConfigError("data.source is empty; use generate, a dataset URI (s3://... or a path) or dvc:REV")
+        if self.source.startswith("dvc:") and not self.source[4:].strip():
+            raise ConfigError("data.source 'dvc:' names no revision; write dvc:REV (a tag, branch or commit of "
+                              "data.dvc_repo)")
+        for key in ("dvc_path", "rollouts_path"):
+            value = getattr(self, key)
+            if not value or value.startswith("/") or ".." in Path(value).parts:
+                raise ConfigError(f"data.{key} must be a relative path inside data.dvc_repo, got {value!r}")
+        if self.dvc_path == self.rollouts_path:
+            raise ConfigError(f"data.dvc_path and data.rollouts_path are both {self.dvc_path!r}; "
+                              "the rollouts need their own path")
+
+
+@dataclass
 class PromoteConfig:
     """The model registry's champion/challenger gate (the ``promote`` stage)."""
 
@@ -166,6 +198,7 @@ class Config:
     profile: str = "quick"
     common: CommonConfig = field(default_factory=CommonConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     prepare_data: PrepareDataConfig = field(default_factory=PrepareDataConfig)
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)

@@ -8,6 +8,7 @@ built in a private temporary directory and published atomically with its manifes
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
     from vla_rft.sim.perturbations import EpisodeSpec
     from vla_rft.sim.vector import BatchedSimulator
 
+    if cfg.data.source != "generate":
+        return _dataset_from_source(cfg, out_uri, overwrite=overwrite)
     start = time.time()
     pcfg, scfg = cfg.prepare_data, cfg.sim
     storage.check_destination(out_uri, overwrite=overwrite)  # before recording a single episode
@@ -122,7 +125,7 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
         storage.write_artifact(
             Path(tmp), out_uri, kind="dataset",
             config={"profile": cfg.profile, "common": cfg.section("common"), "sim": cfg.section("sim"),
-                    "prepare_data": cfg.section("prepare_data")},
+                    "prepare_data": cfg.section("prepare_data"), "source": {"kind": "generate"}},
             overwrite=overwrite,
         )
     attempted = sum(s["episodes"] for s in per_task.values())
@@ -137,6 +140,58 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
         "size_bytes": size,
         "seconds": time.time() - start,
     }
+
+
+def _dataset_from_source(cfg: Config, out_uri: str, *, overwrite: bool = False) -> dict[str, Any]:
+    """The dataset ``data.source`` names (an artifact URI, or ``dvc:REV`` of ``data.dvc_repo``), checked
+    against this configuration and published at ``out_uri`` with the same files; the manifest's
+    ``source`` records where it came from: the DVC revision, its commit and hash, the content hash."""
+    import contextlib
+    import shutil
+
+    from vla_rft import versions
+    from vla_rft.errors import CompatibilityError
+
+    start = time.time()
+    source = cfg.data.source
+    storage.check_destination(out_uri, overwrite=overwrite)
+    with tempfile.TemporaryDirectory(prefix="vla-rft-dataset-") as tmp:
+        if source.startswith("dvc:"):
+            fetched = versions.fetch(cfg.data.dvc_repo, source[4:].strip(), cfg.data.dvc_path)
+        else:
+            fetched = contextlib.nullcontext((None, {"uri": source}))
+        with fetched as (directory, origin):
+            data_dir, manifest = storage.read_artifact(str(directory or source), expected_kind="dataset",
+                                                       cache_dir=Path(tmp) / "cache")
+            data = _load_dataset_artifact(cfg, str(data_dir), Path(tmp) / "cache2")
+            missing = [t for t in cfg.sim.tasks if t not in data.tasks]
+            if missing:
+                raise CompatibilityError(f"data.source {source}: the dataset has tasks {data.tasks}, not {missing} "
+                                         "of sim.tasks; set sim.tasks to the dataset's tasks")
+            staged = Path(tmp) / "out"
+            shutil.copytree(data_dir, staged, ignore=shutil.ignore_patterns(storage.MANIFEST_NAME))
+        origin = {"kind": "dvc" if directory else "artifact", **origin,
+                  "content_sha256": registry_mod.content_hash(manifest)}
+        size = _dir_size(staged)
+        storage.write_artifact(staged, out_uri, kind="dataset",
+                               config={**manifest.get("config", {}), "source": origin}, overwrite=overwrite)
+    expert = data.info.get("expert") or {}
+    rates = [s["success_rate"] for s in expert.values()]
+    print(f"prepare-data: data.source {source}" + (f" -> commit {origin['commit'][:12]}" if "commit" in origin else "")
+          + ", content sha256 "
+          f"{origin['content_sha256'][:12]}", file=sys.stderr, flush=True)
+    return {"uri": out_uri, "episodes": len(data.episodes), "episodes_attempted": len(data.episodes),
+            "frames": len(data.images), "splits": data.info.get("splits") or {
+                split: len(data.episodes_in(split)) for split in ("train", "val")},
+            "expert_success": float(np.mean(rates)) if rates else float("nan"), "expert_per_task": expert,
+            "size_bytes": size, "source": origin, "seconds": time.time() - start}
+
+
+def dataset_version(dataset_uri: str) -> dict[str, Any]:
+    """Which dataset a model trained on: its URI, content hash and recorded origin (DVC revision + commit)."""
+    manifest = storage.read_manifest(dataset_uri)
+    return {"uri": dataset_uri, "content_sha256": registry_mod.content_hash(manifest),
+            "source": (manifest.get("config") or {}).get("source") or {"kind": "unrecorded"}}
 
 
 def _load_dataset_artifact(cfg: Config, dataset_uri: str, cache: Path):
@@ -215,6 +270,7 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
                  config={"profile": cfg.profile, "common": settings["common"],
                          "world_model": settings["world_model"],
                          "dataset": uris[0] if len(uris) == 1 else uris,
+                         "dataset_version": [dataset_version(u) for u in uris],
                          **({"init_from": init_from} if init_from else {})}, overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "fidelity": fidelity, "seconds": time.time() - start}
 
@@ -227,6 +283,8 @@ def pretrain_policy(cfg: Config, dataset_uri: str | list[str], out_uri: str, *, 
     ``dataset_uri`` may list several datasets (trained on together); with ``policy.episodes:
     successful`` only successful episodes count: expert data + policy rollouts then give the
     filtered-BC baseline (the real-simulator data closed-loop RFT sees, without a world model).
+    ``policy.init: champion``: the registry's current champion is the base policy (copied, no BC);
+    with no champion yet, BC from scratch as with ``scratch``, and the summary and log say so.
     """
     from vla_rft.data import concat_datasets
     from vla_rft.data.parquet import successful_episodes
@@ -237,6 +295,12 @@ def pretrain_policy(cfg: Config, dataset_uri: str | list[str], out_uri: str, *, 
         raise ValueError("pretrain-policy needs at least one --dataset")
     _refuse_existing(out_uri, "policy", overwrite)
     start = time.time()
+    if cfg.policy.init == "champion":
+        champion = registry_mod.read_champion(cfg.promote.registry)
+        if champion is not None:
+            return _champion_as_base(cfg, champion, out_uri, overwrite, start)
+        print(f"pretrain-policy: policy.init=champion but the registry {cfg.promote.registry} has no champion yet: "
+              "training the base policy from scratch", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="vla-rft-bc-") as tmp:
         cache = Path(tmp) / "cache"
         data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in uris])
@@ -250,9 +314,31 @@ def pretrain_policy(cfg: Config, dataset_uri: str | list[str], out_uri: str, *, 
         summary = train_policy_bc(cfg.policy, cfg.common, data, out, ckpt, resume=resume, progress=progress)
         _publish(distributed.init(cfg.common.device), out, out_uri, kind="policy",
                  config={"profile": cfg.profile, "common": settings["common"], "policy": settings["policy"],
-                         "dataset": uris[0] if len(uris) == 1 else uris, "trained_by": "bc"},
+                         "dataset": uris[0] if len(uris) == 1 else uris, "trained_by": "bc",
+                         "dataset_version": dataset_version(uris[0]) if len(uris) == 1
+                         else [dataset_version(u) for u in uris]},
                  overwrite=overwrite)
-    return {"uri": out_uri, "resumed": resume, "train": summary, "seconds": time.time() - start}
+    init = "scratch" if cfg.policy.init == "scratch" else "scratch (no champion yet)"
+    return {"uri": out_uri, "resumed": resume, "train": summary, "init": init, "seconds": time.time() - start}
+
+
+def _champion_as_base(cfg: Config, champion: dict, out_uri: str, overwrite: bool, start: float) -> dict[str, Any]:
+    """Publish the registry's champion (verified) as this run's base policy, its lineage in the manifest."""
+    import shutil
+
+    with tempfile.TemporaryDirectory(prefix="vla-rft-champion-") as tmp:
+        model_dir, manifest = storage.read_artifact(champion["uri"], expected_kind="policy",
+                                                    cache_dir=Path(tmp) / "cache")
+        staged = Path(tmp) / "out"
+        shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(storage.MANIFEST_NAME))
+        lineage = {"registry": cfg.promote.registry, "version": champion["version"], "uri": champion["uri"],
+                   "score": champion.get("score"), "content_sha256": registry_mod.content_hash(manifest)}
+        storage.write_artifact(staged, out_uri, kind="policy", config={
+            **manifest.get("config", {}), "trained_by": "champion", "champion": lineage}, overwrite=overwrite)
+    print(f"pretrain-policy: policy.init=champion: the base policy is champion {champion['version']} of "
+          f"{cfg.promote.registry} (no behaviour cloning)", file=sys.stderr, flush=True)
+    return {"uri": out_uri, "resumed": False, "train": {"steps": 0}, "init": f"champion {champion['version']}",
+            "champion": lineage, "seconds": time.time() - start}
 
 
 def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, out_uri: str, *,
@@ -298,7 +384,9 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         _publish(ctx, out, out_uri, kind="policy",
                                config={"profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],
                                        "policy": policy_manifest["config"].get("policy"), "base_policy": policy_uri,
-                                       "world_model": world_model_uri, "dataset": dataset_uri, "trained_by": "rft"},
+                                       "world_model": world_model_uri, "dataset": dataset_uri, "trained_by": "rft",
+                                       "dataset_version": dataset_version(dataset_uri),
+                                       "base_policy_lineage": policy_manifest["config"].get("champion")},
                                overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "reward_fidelity": fidelity,
             "seconds": time.time() - start}
@@ -418,13 +506,16 @@ def _chosen_suites(cfg: Config, suites: list[str] | None):
 
 
 def _load_policies(cfg: Config, policies: dict[str, str], cache: Path):
-    """Each policy's ``act`` function, and what was evaluated: name -> {uri, content_sha256}."""
+    """Each policy's ``act`` function, and what was evaluated: name -> {uri, content_sha256, lineage}."""
     from vla_rft.policy.modeling import VLAPolicy
 
     acts, evaluated = {}, {}
     for name, uri in policies.items():
         policy_dir, manifest = storage.read_artifact(uri, expected_kind="policy", cache_dir=cache)
-        evaluated[name] = {"uri": uri, "content_sha256": registry_mod.content_hash(manifest)}
+        lineage = manifest.get("config") or {}
+        evaluated[name] = {"uri": uri, "content_sha256": registry_mod.content_hash(manifest),
+                           "trained_by": lineage.get("trained_by"), "dataset_version": lineage.get("dataset_version"),
+                           "champion": lineage.get("champion")}
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         acts[name] = _policy_act(policy, cfg.sim.tasks, name, uri)
     return acts, evaluated
@@ -453,12 +544,34 @@ def _publish_evaluation(cfg: Config, results, policies: dict[str, str], evaluate
         fragment = fidelity_report_fragment(wm_dir, "wm")
         if fragment is not None:
             sections.append(ReportSection("World-model fidelity (val episodes)", *fragment))
+    sections.append(ReportSection("Training data and lineage", _lineage_html(evaluated), {}))
     write_report(out, metrics, results, sections=sections, plots=cfg.evaluate.plots)
     (out / "kfp_metrics.json").write_text(json.dumps({n: kfp_metrics(metrics, n) for n in metrics["policies"]},
                                                      indent=2))
     storage.write_artifact(out, out_uri, kind="evaluation", config=_evaluation_record(cfg, policies, evaluated),
                            overwrite=overwrite)
     return metrics
+
+
+def _lineage_html(evaluated: dict[str, dict]) -> str:
+    """One row per evaluated policy: how it was made, and the dataset version (DVC revision, commit, content hash)."""
+    import html
+
+    rows = []
+    for name, entry in evaluated.items():
+        version = entry.get("dataset_version")
+        if isinstance(version, list):  # a world model's list; a policy records one
+            version = version[0] if version else None
+        source = (version or {}).get("source") or {}
+        champion = entry.get("champion") or {}
+        cells = [name, entry.get("trained_by") or "n/a",
+                 f"champion {champion['version']}" if champion else "",
+                 source.get("kind", "n/a"), source.get("rev") or source.get("uri") or "",
+                 (source.get("commit") or "")[:12], ((version or {}).get("content_sha256") or "")[:16]]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("policy", "trained by", "base", "data source", "revision / URI",
+                                                 "commit", "dataset content sha256"))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _policy_act(policy, tasks: list[str], name: str, uri: str):
@@ -632,12 +745,21 @@ def import_lerobot(cfg: Config, source: str, out_uri: str, *, camera: str | None
 def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """The base policy (mean + Gaussian exploration noise) in the real simulator on training seeds,
-    every episode recorded (failures kept) as a dataset with ``source: policy``."""
+    every episode recorded (failures kept) as a dataset with ``source: policy``.
+
+    ``data.accumulate_rollouts``: the episodes are appended to the versioned rollouts dataset
+    (``data.rollouts_path`` in ``data.dvc_repo``), committed as its next version (git tag
+    ``rollouts-v<N>``, data pushed to the DVC remote), and that whole version is the output; cycle N
+    records on the seeds after cycle N-1's, so no episode repeats.
+    """
+    import contextlib
+
     import torch
 
-    from vla_rft.data.parquet import EpisodeData, write_dataset
+    from vla_rft import versions
+    from vla_rft.data.parquet import EpisodeData, episodes_of, write_dataset
     from vla_rft.data.splits import split_by_episode
-    from vla_rft.errors import ConfigError
+    from vla_rft.errors import CompatibilityError, ConfigError
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.sim.perturbations import EpisodeSpec
     from vla_rft.sim.rollouts import record_policy_episodes
@@ -645,20 +767,33 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
 
     rc, scfg = cfg.collect_rollouts, cfg.sim
     _refuse_existing(out_uri, "dataset", overwrite)
-    seeds = (rc.seed_offset, rc.seed_offset + rc.episodes_per_task)
-    if seeds[1] > cfg.evaluate.seed_base:
-        raise ConfigError(f"collect_rollouts seeds {seeds[0]}..{seeds[1] - 1} reach the evaluation seeds "
-                          f"(>= evaluate.seed_base={cfg.evaluate.seed_base}); lower collect_rollouts.seed_offset")
-    expert = (cfg.prepare_data.seed_offset, cfg.prepare_data.seed_offset + cfg.prepare_data.episodes_per_task)
-    honesty = (cfg.rft.honesty_seed_offset, cfg.rft.honesty_seed_offset + cfg.rft.honesty_episodes_per_task)
-    for name, (lo, hi) in (("the expert data's", expert), ("the RFT honesty check's", honesty)):
-        if lo < seeds[1] and seeds[0] < hi:
-            raise ConfigError(f"collect_rollouts seeds {seeds[0]}..{seeds[1] - 1} overlap {name} seeds {lo}..{hi - 1}; "
-                              "move collect_rollouts.seed_offset")
     torch.set_num_threads(1)  # the simulator workers use the cores
     start = time.time()
-    with tempfile.TemporaryDirectory(prefix="vla-rft-rollouts-") as tmp:
-        policy_dir, _ = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=Path(tmp) / "cache")
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vla-rft-rollouts-"))
+        history = (stack.enter_context(versions.appendable(cfg.data.dvc_repo, cfg.data.rollouts_path, "rollouts"))
+                   if cfg.data.accumulate_rollouts else None)
+        previous, earlier = None, []
+        if history is not None and history.previous is not None:
+            previous = _load_dataset_artifact(cfg, str(history.previous), Path(tmp) / "previous")
+            if previous.tasks != list(scfg.tasks):
+                raise CompatibilityError(f"the rollouts history {history.version['repo']}:{cfg.data.rollouts_path} "
+                                         f"holds tasks {previous.tasks}, this run sim.tasks {list(scfg.tasks)}; "
+                                         "use another data.rollouts_path for another task list")
+            earlier = history.versions()
+        offset = rc.seed_offset + len(earlier) * rc.episodes_per_task  # cycle N continues after cycle N-1's seeds
+        seeds = (offset, offset + rc.episodes_per_task)
+        if seeds[1] > cfg.evaluate.seed_base:
+            raise ConfigError(f"collect_rollouts seeds {seeds[0]}..{seeds[1] - 1} reach the evaluation seeds "
+                              f"(>= evaluate.seed_base={cfg.evaluate.seed_base}); lower collect_rollouts.seed_offset")
+        expert = (cfg.prepare_data.seed_offset, cfg.prepare_data.seed_offset + cfg.prepare_data.episodes_per_task)
+        honesty = (cfg.rft.honesty_seed_offset, cfg.rft.honesty_seed_offset + cfg.rft.honesty_episodes_per_task)
+        for name, (lo, hi) in (("the expert data's", expert), ("the RFT honesty check's", honesty)):
+            if lo < seeds[1] and seeds[0] < hi:
+                raise ConfigError(f"collect_rollouts seeds {seeds[0]}..{seeds[1] - 1} overlap {name} seeds "
+                                  f"{lo}..{hi - 1}; move collect_rollouts.seed_offset")
+        policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy",
+                                                            cache_dir=Path(tmp) / "cache")
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         instructions = [TASKS[t].instruction for t in scfg.tasks]
         missing = [t for t, i in zip(scfg.tasks, instructions) if i not in policy.instructions]
@@ -671,7 +806,7 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
             mean = policy.act(frames, states, order[task_index])
             return mean + rc.action_noise * noise_rng.standard_normal(mean.shape).astype(np.float32)
 
-        specs = [EpisodeSpec(t, rc.seed_offset + i) for i in range(rc.episodes_per_task) for t in scfg.tasks]
+        specs = [EpisodeSpec(t, offset + i) for i in range(rc.episodes_per_task) for t in scfg.tasks]
         workers = min(scfg.num_workers, len(specs))
         with _progress(len(specs), "collect-rollouts", progress) as bar, \
                 BatchedSimulator.from_config(scfg, workers) as sim:
@@ -683,6 +818,9 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
         episodes = [EpisodeData(t, r.spec.seed, r.spec.perturbation.name, r.frames, r.states, r.actions,
                                 r.expert_actions, r.rewards, r.successes, r.noisy, r.success, r.first_success_step,
                                 source="policy") for t, r in zip(task_ids, records)]
+        if previous is not None:
+            old_episodes, old_splits = episodes_of(previous)
+            episodes, splits = old_episodes + episodes, old_splits + list(splits)
         per_task = {t: float(np.mean([r.success for r in records if r.spec.task == t])) for t in scfg.tasks}
         out = Path(tmp) / "out"
         info = write_dataset(out, episodes, splits, [(t, TASKS[t].instruction) for t in scfg.tasks], info_extra={
@@ -691,12 +829,26 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
             "max_episode_steps": scfg.max_episode_steps, "state_names": list(STATE_NAMES),
             "action_names": list(ACTION_NAMES), "source": "policy", "policy": policy_uri,
             "policy_success": per_task, "seeds": list(seeds)})
-        storage.write_artifact(out, out_uri, kind="dataset", config={
-            "profile": cfg.profile, "common": cfg.section("common"), "sim": cfg.section("sim"),
-            "collect_rollouts": cfg.section("collect_rollouts"), "policy": policy_uri}, overwrite=overwrite)
-    return {"uri": out_uri, "episodes": info["total_episodes"], "frames": info["total_frames"],
-            "splits": info["splits"], "success_rate": float(np.mean([r.success for r in records])),
-            "success_per_task": per_task, "seeds": list(seeds), "seconds": time.time() - start}
+        config = {"profile": cfg.profile, "common": cfg.section("common"), "sim": cfg.section("sim"),
+                  "collect_rollouts": cfg.section("collect_rollouts"), "policy": policy_uri,
+                  "policy_lineage": policy_manifest["config"].get("champion")}
+        version = None
+        if history is not None:
+            staged = Path(tmp) / "version"  # the DVC version is an artifact directory: readable by dvc:REV
+            storage.write_artifact(out, str(staged), kind="dataset", config={
+                **config, "source": {"kind": "rollouts", "appended_to": history.version if previous else None}})
+            version = history.commit(staged, f"rollouts: +{len(records)} episodes (seeds {seeds[0]}..{seeds[1] - 1}) "
+                                             f"from {policy_uri}")
+            version["content_sha256"] = registry_mod.content_hash(storage.read_manifest(str(staged)))
+            version["previous"] = history.version if previous else None
+            config["source"] = {"kind": "dvc", **version}
+            print(f"collect-rollouts: rollouts version {version['tag']} ({info['total_episodes']} episodes, commit "
+                  f"{version['commit'][:12]}) pushed to {version['repo']}", file=sys.stderr, flush=True)
+        storage.write_artifact(out, out_uri, kind="dataset", config=config, overwrite=overwrite)
+    return {"uri": out_uri, "episodes": info["total_episodes"], "episodes_new": len(records),
+            "frames": info["total_frames"], "splits": info["splits"],
+            "success_rate": float(np.mean([r.success for r in records])), "success_per_task": per_task,
+            "seeds": list(seeds), "version": version, "seconds": time.time() - start}
 
 
 def ground_world_model(cfg: Config, dataset_uri: str, rollouts_uri: str, init_from: str, out_uri: str, *,

@@ -365,3 +365,17 @@ def concat_datasets(datasets: Sequence[LoadedDataset]) -> LoadedDataset:
                          episodes=episodes, images=cat("images"), states=cat("states"), actions=cat("actions"),
                          expert_actions=cat("expert_actions"), rewards=cat("rewards"), successes=cat("successes"),
                          task_index=cat("task_index"), episode_index=episode_index, frame_index=cat("frame_index"))
+
+
+def episodes_of(data: LoadedDataset) -> tuple[list[EpisodeData], list[str]]:
+    """A loaded dataset back as the writer's episodes and their splits (to append episodes and write it anew)."""
+    episodes, splits = [], []
+    for ep in data.episodes:
+        lo, hi = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
+        episodes.append(EpisodeData(
+            int(ep["task_index"]), int(ep["seed"]), str(ep["perturbation"]), data.images[lo:hi], data.states[lo:hi],
+            data.actions[lo:hi], data.expert_actions[lo:hi], data.rewards[lo:hi], data.successes[lo:hi],
+            bool(ep["noisy"]), bool(ep["success"]), int(ep["first_success_step"]),
+            source=str(ep.get("source") or DEFAULT_SOURCE)))
+        splits.append(str(ep["split"]))
+    return episodes, splits

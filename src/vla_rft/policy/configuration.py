@@ -47,6 +47,12 @@ class PolicyConfig:
     #: upper clamp of the action std
     std_max: float = 0.2
 
+    # -- where the base policy comes from ---------------------------------------------------------
+    #: "scratch": behaviour cloning from random weights (below); "champion": the model registry's
+    #: current champion (``promote.registry``) is the base policy, no BC, so a scheduled cycle
+    #: fine-tunes the best policy so far (with no champion yet it trains from scratch and says so)
+    init: Literal["scratch", "champion"] = "scratch"
+
     # -- behaviour cloning ------------------------------------------------------------------------
     #: "mse_nll": MSE on the mean + Gaussian NLL for the std with the mean detached (default);
     #: "l1_nll": the same with L1 on the mean; "nll": plain Gaussian NLL on mean and std together
@@ -96,8 +102,9 @@ class PolicyConfig:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"policy.{name} {why}, got {getattr(self, name)!r}")
 
-        for name, allowed in (("bc_loss", BC_LOSSES), ("augmentation", AUGMENTATIONS),
-                              ("lr_schedule", LR_SCHEDULES), ("episodes", EPISODE_FILTERS)):
+        for name, allowed in (("init", ("scratch", "champion")), ("bc_loss", BC_LOSSES),
+                              ("augmentation", AUGMENTATIONS), ("lr_schedule", LR_SCHEDULES),
+                              ("episodes", EPISODE_FILTERS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"policy.{name}: unknown value {getattr(self, name)!r}; "
                                   f"allowed values: {', '.join(allowed)}")
