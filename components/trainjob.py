@@ -6,6 +6,12 @@ pod: it submits a ``TrainJob`` (runtime ``torch-distributed``, our image, ``torc
 it, echoes its status and logs, and fails with the job's reason when the job fails. One process
 keeps the in-pod path. The manifest builder is pure, so tests validate it against the Trainer API
 schema (:func:`validate_trainjob`, unknown fields rejected).
+
+The SDK's local process backend (``LocalProcessBackendConfig``) takes the same request: it runs
+only Python functions (``CustomTrainer``) under ``torchrun`` from a fresh, empty venv, so
+:func:`local_process_trainer` hands it a function that calls ``vla_rft.cli`` with the TrainJob's
+argv, plus a wheel built on the fly that links that venv to this environment (a ``.pth``) and puts
+``torchrun`` in its ``bin/``: nothing is downloaded, no index is asked.
 """
 
 from __future__ import annotations
@@ -128,31 +134,138 @@ def submit_and_wait(req: TrainJobRequest, *, backend=None, log: Callable[[str], 
                     timeout_s: int = 24 * 3600) -> str:
     """Submit ``req`` through ``TrainerClient`` (Kubernetes backend by default), wait, surface status and logs.
 
-    Returns the job name; raises RuntimeError naming the job's reason when it does not complete.
+    With ``LocalProcessBackendConfig`` the same request runs as :func:`local_process_trainer` on this
+    machine. Returns the job name; raises RuntimeError naming the job's reason when it does not complete.
     """
-    from kubeflow.trainer import CustomTrainerContainer, KubernetesBackendConfig, TrainerClient
+    import tempfile
+
+    from kubeflow.trainer import (
+        CustomTrainerContainer, KubernetesBackendConfig, LocalProcessBackendConfig, TrainerClient,
+    )
     from kubeflow.trainer.options import TrainerArgs, TrainerCommand
 
     client = TrainerClient(backend or KubernetesBackendConfig())
-    env = {**req.env, "PET_NPROC_PER_NODE": str(req.procs_per_node)}
-    options = [TrainerCommand(req.command()), TrainerArgs(list(req.stage_args))]
-    if req.secret_env or req.service_account:
-        options.append(_runtime_patch(req))
-    name = client.train(runtime=RUNTIME,
-                        trainer=CustomTrainerContainer(image=req.image, num_nodes=req.nodes,
-                                                       resources_per_node=req.resources_per_node or None, env=env),
-                        options=options)
-    log(f"trainjob {name}: submitted ({req.nodes} node(s) x {req.procs_per_node} process(es), {req.stage_args[0]})")
-    job = client.wait_for_job_status(name, status={"Complete", "Failed"}, timeout=timeout_s,
-                                     callbacks=[lambda j: log(f"trainjob {name}: {j.status}")])
-    try:
-        for line in client.get_job_logs(name):
-            log(line.rstrip("\n"))
-    except Exception as exc:  # logs are a convenience; the status decides
-        log(f"trainjob {name}: logs unavailable ({exc})")
+    with tempfile.TemporaryDirectory(prefix="vla-rft-job-env-") as wheel_dir:
+        if isinstance(backend, LocalProcessBackendConfig):
+            trainer, options = local_process_trainer(req, wheel_dir), []
+        else:
+            env = {**req.env, "PET_NPROC_PER_NODE": str(req.procs_per_node)}
+            options = [TrainerCommand(req.command()), TrainerArgs(list(req.stage_args))]
+            if req.secret_env or req.service_account:
+                options.append(_runtime_patch(req))
+            trainer = CustomTrainerContainer(image=req.image, num_nodes=req.nodes,
+                                             resources_per_node=req.resources_per_node or None, env=env)
+        name = client.train(runtime=RUNTIME, trainer=trainer, options=options)
+        log(f"trainjob {name}: submitted ({req.nodes} node(s) x {req.procs_per_node} process(es), "
+            f"{req.stage_args[0]})")
+        seen: list[str] = []
+
+        def on_status(job) -> None:  # polled every 2 s: say each status once
+            if not seen or seen[-1] != job.status:
+                seen.append(job.status)
+                log(f"trainjob {name}: {job.status}")
+
+        job = client.wait_for_job_status(name, status={"Complete", "Failed"}, timeout=timeout_s,
+                                         callbacks=[on_status])
+        try:
+            for line in client.get_job_logs(name):
+                log(line.rstrip("\n"))
+        except Exception as exc:  # logs are a convenience; the status decides
+            log(f"trainjob {name}: logs unavailable ({exc})")
     if job.status != "Complete":
         raise RuntimeError(f"trainjob {name} ended {job.status}: {getattr(job, 'message', '') or 'see its logs above'}")
     return name
+
+
+def _run_cli(job: dict) -> None:
+    """What every rank of a local-process job runs: ``vla_rft.cli`` with the TrainJob's argv.
+
+    The SDK ships this function's source to the job (``inspect.getsource``): it must stand alone.
+    """
+    import sys
+
+    from vla_rft.cli import main
+
+    sys.exit(main(job["argv"]))
+
+
+#: the local venv's stand-in distribution (a .pth and torchrun) and the runtime requirement it replaces
+JOB_ENV_DIST = "vla-rft-job-env"
+#: the local runtime always asks pip for ``torch``; a requirement of that name whose marker no
+#: interpreter matches replaces it (the SDK lets a trainer's package override the runtime's by name)
+NO_TORCH_DOWNLOAD = "torch; python_version < '0'"
+
+
+def build_job_env_wheel(wheel_dir: str) -> str:
+    """A wheel that joins a fresh venv to this environment: a ``.pth`` (``site.addsitedir`` of this
+    interpreter's site-packages, so editable installs resolve too) and a ``torchrun`` console script.
+
+    Pure metadata, no build step: pip installs it from its path without an index. Returns its path.
+    """
+    import base64
+    import hashlib
+    import site
+    import zipfile
+    from pathlib import Path
+
+    from vla_rft import __version__
+
+    name = JOB_ENV_DIST.replace("-", "_")
+    info = f"{name}-{__version__}.dist-info"
+    sites = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    files = {
+        f"{name}.pth": "".join(f"import site; site.addsitedir({p!r})\n" for p in sites),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {JOB_ENV_DIST}\nVersion: {__version__}\n"
+                            "Summary: joins a local TrainJob's venv to the vla-rft environment that submitted it\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: vla-rft\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": "[console_scripts]\ntorchrun = torch.distributed.run:main\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = Path(wheel_dir) / f"{name}-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return str(wheel)
+
+
+def local_process_trainer(req: TrainJobRequest, wheel_dir: str):
+    """``req`` as the ``CustomTrainer`` the SDK's local process backend runs: 1 node x ``procs_per_node``
+    ranks of ``vla_rft.cli <req.stage_args>`` under the job venv's torchrun (``--standalone``).
+
+    The job inherits this process's environment (credentials included, as any child process does;
+    nothing is written down), with ``req.env`` on top. Raises ValueError for what it cannot run.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kubeflow.trainer import CustomTrainer
+
+    if req.nodes != 1:
+        raise ValueError(f"the local process backend runs one node; this TrainJob asks for nodes={req.nodes} "
+                         "(run it on a cluster, or set nodes=1)")
+    # the backend builds the job venv from the first `python` on PATH; this environment's .pth needs the same minor
+    python = shutil.which("python") or shutil.which("python3")
+    found = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                           text=True).stdout.strip() if python else ""
+    here = "%d.%d" % sys.version_info[:2]
+    if found != here:
+        raise ValueError(f"the local process backend builds its venv with `python` on PATH ({python or 'none'}, "
+                         f"Python {found or '?'}), not this Python {here} ({sys.executable}): put "
+                         f"{Path(sys.executable).parent} first on PATH")
+    wheel = Path(build_job_env_wheel(wheel_dir))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # the .pth carries paths
+    env.update(req.env)
+    env.update({"PET_NPROC_PER_NODE": str(req.procs_per_node), "PET_STANDALONE": "1",  # torchrun's flags by env
+                "PIP_NO_INDEX": "1"})  # the SDK puts --index-url on pip's line; the wheel is a file
+    return CustomTrainer(func=_run_cli, func_args={"argv": list(req.stage_args)}, num_nodes=1, env=env,
+                         packages_to_install=[NO_TORCH_DOWNLOAD, f"{JOB_ENV_DIST} @ {wheel.as_uri()}"])
 
 
 def _runtime_patch(req: TrainJobRequest):
@@ -179,6 +292,14 @@ def s3_uri(uri: str) -> str:
                      "(set the pipeline root to MinIO, or run with nodes=1, procs_per_node=1)")
 
 
+def stage_argv(stage: str, config_json: str, inputs: dict[str, str], out: str) -> list[str]:
+    """The ``vla_rft.cli`` argv every rank of a TrainJob runs: inputs and output as S3 URIs."""
+    args = [stage, "--config-json", config_json]
+    for flag, uri in inputs.items():
+        args += [flag, s3_uri(uri)]
+    return args + ["--out", out, "--overwrite"]
+
+
 def run_stage(stage: str, config_json: str, inputs: dict[str, str], output_path: str, output_uri: str, *,
               kind: str, nodes: int, procs_per_node: int, image: str, gpus: int = 0, backend=None,
               log: Callable[[str], None] = print) -> str:
@@ -198,10 +319,7 @@ def run_stage(stage: str, config_json: str, inputs: dict[str, str], output_path:
     from vla_rft import storage
 
     staging = s3_uri(output_uri) + "-trainjob"
-    args = [stage, "--config-json", config_json]
-    for flag, uri in inputs.items():
-        args += [flag, s3_uri(uri)]
-    args += ["--out", staging, "--overwrite"]
+    args = stage_argv(stage, config_json, inputs, staging)
     env = {k: os.environ[k] for k in ("VLA_RFT_S3_ENDPOINT", "VLA_RFT_S3_REGION") if os.environ.get(k)}
     req = TrainJobRequest(args, image, nodes, procs_per_node, {"nvidia.com/gpu": gpus} if gpus else {}, env,
                           secret_env={var: (S3_SECRET_NAME, key) for key, var in S3_SECRET_ENV.items()},

@@ -167,8 +167,8 @@ def test_dvc_repro_trains_on_the_pinned_dataset_revision(data_repo, tmp_path):
         assert trained_on["content_sha256"] == _content(directory)  # the revision's content, from the S3 remote
     # dvc's own record of the stage output is the revision's directory hash
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    (out,) = lock["stages"]["prepare_data"]["outs"]
-    assert out["md5"] == data_repo.dvc_md5("data-v2")
+    outs = {o["path"]: o for o in lock["stages"]["prepare_data"]["outs"]}  # the dataset and its metrics file
+    assert outs["data/dataset"]["md5"] == data_repo.dvc_md5("data-v2")
 
 
 @pytest.mark.slow

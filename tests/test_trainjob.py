@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytest.importorskip("kubeflow_trainer_api")
 
 from components.trainjob import TrainJobRequest, build_trainjob, validate_trainjob  # noqa: E402
+from s3server import s3_env, s3_server  # noqa: E402, F401 - fixtures
 
 ARGS = ["pretrain-policy", "--dataset", "s3://vla-rft-data/d", "--out", "s3://vla-rft-models/p", "--profile", "large"]
 
@@ -109,14 +110,67 @@ def test_artifact_uris_for_the_trainer_pods():
 
 
 def test_the_sdk_local_process_backend_refuses_a_container_trainer():
-    """Why the local run cannot be the cluster's submission verbatim: LocalProcessBackend runs CustomTrainer
-    (a Python function) only; our image + command (CustomTrainerContainer) is refused with this error."""
-    from components.trainjob import submit_and_wait
-    from kubeflow.trainer import LocalProcessBackendConfig
+    """Why the local run hands the SDK a function, not the cluster's image + command: LocalProcessBackend
+    runs CustomTrainer only, and refuses CustomTrainerContainer with TrainerCommand by name."""
+    from kubeflow.trainer import CustomTrainerContainer, LocalProcessBackendConfig, TrainerClient
+    from kubeflow.trainer.options import TrainerArgs, TrainerCommand
 
     req = TrainJobRequest(ARGS, image="ghcr.io/example/vla-rft:0.1.0", procs_per_node=2)
-    with pytest.raises(ValueError, match="is not compatible with LocalProcessBackend|CustomTrainer must be set"):
-        submit_and_wait(req, backend=LocalProcessBackendConfig(), log=lambda line: None)
+    client = TrainerClient(LocalProcessBackendConfig())
+    with pytest.raises(ValueError, match="TrainerCommand option is not compatible with LocalProcessBackend"):
+        client.train(runtime="torch-distributed", trainer=CustomTrainerContainer(image=req.image),
+                     options=[TrainerCommand(req.command()), TrainerArgs(list(req.stage_args))])
+
+
+def test_the_local_process_backend_refuses_more_than_one_node(tmp_path):
+    from components.trainjob import local_process_trainer
+
+    with pytest.raises(ValueError, match="runs one node; this TrainJob asks for nodes=2"):
+        local_process_trainer(TrainJobRequest(ARGS, image="x", nodes=2), str(tmp_path))
+    assert not list(tmp_path.iterdir())  # refused before any wheel is built
+
+
+@pytest.mark.slow
+def test_the_same_submission_runs_through_the_sdk_local_process_backend(tiny_dataset, s3_env, tmp_path, monkeypatch):
+    """run_stage, as the pretrain-policy component calls it, on TrainerClient(LocalProcessBackendConfig()):
+    the SDK builds an empty venv, pip installs our job-env wheel (no index), and its torchrun runs
+    1 node x 2 ranks of `vla_rft.cli pretrain-policy --config-json ...` on the shrunk quick profile;
+    the artifact comes back from S3 verified and loads."""
+    import json
+    import shutil
+
+    from components import outputs, trainjob
+    from kubeflow.trainer import LocalProcessBackendConfig
+    from vla_rft import storage
+    from vla_rft.policy.modeling import VLAPolicy
+
+    monkeypatch.setenv("VLA_RFT_CACHE", str(tmp_path / "cache"))  # the job inherits it: its checkpoints land here
+    meta = storage.read_manifest(str(tiny_dataset[0]))
+    files = shutil.copytree(tiny_dataset[0], tmp_path / "dataset", ignore=shutil.ignore_patterns(storage.MANIFEST_NAME))
+    dataset = f"s3://{s3_env.bucket}/local-trainjob/dataset"
+    storage.write_artifact(files, dataset, kind=meta["kind"], config=meta["config"],
+                           schema_version=meta["schema_version"], overwrite=True)
+    params = json.dumps(yaml.safe_load(open("params.yaml")))
+    config_json = json.dumps(outputs.resolve_config(params, "quick", [
+        "sim.tasks=[push, drawer-open]", "sim.num_workers=0", "sim.max_episode_steps=120", "common.num_threads=1",
+        *(f"policy.{k}={v}" for k, v in dict(
+            cnn_channels="[8, 8, 16, 16]", hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2, batch_size=8,
+            warmup_steps=2, eval_interval=0, eval_chunks=8, checkpoint_interval=2, log_interval=1, steps=4).items())]))
+    out, lines = tmp_path / "policy", []
+    name = trainjob.run_stage("pretrain-policy", config_json, {"--dataset": dataset}, str(out),
+                              f"minio://{s3_env.bucket}/local-trainjob/policy", kind="policy", nodes=1,
+                              procs_per_node=2, image="ghcr.io/example/vla-rft:unused-locally",
+                              backend=LocalProcessBackendConfig(), log=lines.append)
+    log = "\n".join(lines)
+    assert f"trainjob {name}: Complete" in log and "pretrain-policy: 4 steps, final" in log, log[-3000:]
+    assert list((tmp_path / "cache").rglob("*")), "the job did not run with this process's environment"
+    root, manifest = storage.read_artifact(str(out), expected_kind="policy")
+    assert manifest["config"]["dataset"] == dataset and manifest["config"]["policy"]["steps"] == 4
+    summary = json.loads((root / "bc_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4  # two ranks trained it
+    assert storage.artifact_exists(f"s3://{s3_env.bucket}/local-trainjob/policy-trainjob")  # what the ranks wrote
+    policy = VLAPolicy.from_pretrained(root)
+    assert policy.num_parameters() == summary["num_parameters"]
 
 
 def test_pipeline_run_local_refuses_a_trainjob(tmp_path):
