@@ -439,6 +439,20 @@ def submit(host: str, experiment: str = PIPELINE_NAME, profile: str | None = Non
     return {"run_id": result.run_id, "experiment": experiment}
 
 
+def _uncached(package: str | Path, tmp: str) -> str:
+    """A copy of the package with caching off in every sub-DAG (the ParallelFor and closed-loop branches):
+    ``enable_caching=False`` of the KFP client reaches the root DAG's tasks only."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(Path(package).read_text()))
+    for component in docs[0].get("components", {}).values():
+        for task in (component.get("dag") or {}).get("tasks", {}).values():
+            task["cachingOptions"] = {"enableCache": False}
+    out = Path(tmp) / "uncached.yaml"
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return str(out)
+
+
 def schedule(host: str, cron: str, experiment: str = PIPELINE_NAME, max_concurrency: int = 1,
              profile: str | None = None, job_name: str | None = None, package: str | Path | None = None,
              overrides: list[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S,
@@ -453,7 +467,7 @@ def schedule(host: str, cron: str, experiment: str = PIPELINE_NAME, max_concurre
     if max_concurrency < 1:
         raise PipelineError(f"--max-concurrency must be >= 1, got {max_concurrency}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = _package(package, tmp, params_path)
+        path = _uncached(_package(package, tmp, params_path), tmp)
         arguments = _run_parameters(path, profile, overrides, params)
         with _kfp_client(host, timeout) as client:
             rr = client.create_recurring_run(

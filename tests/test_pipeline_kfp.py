@@ -165,6 +165,8 @@ def test_run_form_has_typed_knobs_with_defaults_from_params_yaml():
         "gpus": ("NUMBER_INTEGER", 0), "registry": ("STRING", raw["promote"]["registry"]),
         "params_json": ("STRING", None), "overrides": ("LIST", []), "closed_loop": ("BOOLEAN", False),
         "nodes": ("NUMBER_INTEGER", 1), "procs_per_node": ("NUMBER_INTEGER", 1),
+        "data_source": ("STRING", raw["data"]["source"]), "base_policy": ("STRING", raw["policy"]["init"]),
+        "dvc_repo": ("STRING", raw["data"]["dvc_repo"]), "accumulate_rollouts": ("BOOLEAN", raw["data"]["accumulate_rollouts"]),
     }
     assert set(inputs) == set(want)
     for name, (kind, default) in want.items():

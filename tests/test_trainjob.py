@@ -162,7 +162,7 @@ def test_the_same_submission_runs_through_the_sdk_local_process_backend(tiny_dat
                               procs_per_node=2, image="ghcr.io/example/vla-rft:unused-locally",
                               backend=LocalProcessBackendConfig(), log=lines.append)
     log = "\n".join(lines)
-    assert f"trainjob {name}: Complete" in log and "pretrain-policy: 4 steps, final" in log, log[-3000:]
+    assert f"trainjob {name}: Complete" in log and "pretrain-policy: scratch: 4 steps, final" in log, log[-3000:]
     assert list((tmp_path / "cache").rglob("*")), "the job did not run with this process's environment"
     root, manifest = storage.read_artifact(str(out), expected_kind="policy")
     assert manifest["config"]["dataset"] == dataset and manifest["config"]["policy"]["steps"] == 4
