@@ -82,3 +82,22 @@ def test_every_profile_names_every_section():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, profile in raw["profiles"].items():
         assert sorted(profile) == sorted(SECTIONS), f"profile {name!r} names {sorted(profile)}"
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("https://oauth2:glpat-secret@git.example.com/team/data.git", True),
+    ("https://ghp_token@github.com/team/data.git", True),
+    ("ssh://git:secret@git.example.com/team/data.git", True),
+    ("ssh://git@git.example.com/team/data.git", False),  # a user name is not a secret
+    ("git@github.com:team/data.git", False),
+    ("https://git.example.com/team/data.git", False),
+    ("/srv/data-repo", False),
+])
+def test_a_dvc_repo_url_with_credentials_is_refused(url, refused):
+    """data.dvc_repo reaches params, manifests, the compiled pipeline and logs: a token in it is refused."""
+    overrides = [f"data.dvc_repo={url}"]
+    if refused:
+        with pytest.raises(ConfigError, match="data.dvc_repo carries credentials"):
+            load_config("params.yaml", "quick", overrides)
+    else:
+        assert load_config("params.yaml", "quick", overrides).data.dvc_repo == url

@@ -171,6 +171,11 @@ class DataConfig:
         if self.dvc_path == self.rollouts_path:
             raise ConfigError(f"data.dvc_path and data.rollouts_path are both {self.dvc_path!r}; "
                               "the rollouts need their own path")
+        userinfo = re.match(r"^([a-z][a-z0-9+.-]*)://([^/@]*)@", self.dvc_repo, re.IGNORECASE)
+        if userinfo and (":" in userinfo.group(2) or userinfo.group(1).lower().startswith("http")):
+            # the value reaches params, manifests, the compiled pipeline and logs: no secret may ride in it
+            raise ConfigError("data.dvc_repo carries credentials in its URL (user:token@host); give git its "
+                              "credentials through a credential helper or an SSH key (a Kubernetes Secret on a cluster)")
 
 
 @dataclass
