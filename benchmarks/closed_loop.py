@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from headline import T_975, _log, _pct, _signed, _stage, combined_evaluation, evaluate_each  # noqa: E402
+from headline import T_975, _log, _pct, _signed, _stage, combined_evaluation, evaluate_each, write_result  # noqa: E402
 
 from vla_rft import stages, storage  # noqa: E402
 from vla_rft.config import load_config  # noqa: E402
@@ -318,12 +318,7 @@ def main() -> None:
         "analysis": analyse(metrics, episodes, runs), "training": _training_rows(work, runs, shared),
         "honesty": honesty, "success_model": success,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    out.write_text(render(result))
-    _log(f"wrote {out} and {out.with_suffix('.json')}")
-    print(render(result))
+    write_result(Path(args.out), result, render)
 
 
 if __name__ == "__main__":

@@ -285,6 +285,15 @@ def _analyse_stored(evaluations: str | list[str], summaries: dict) -> dict:
     return analyse(metrics, episodes, rft_names, control, summaries)
 
 
+def write_result(out: Path, result: dict, render) -> None:
+    """``out`` (markdown from ``render``) and its ``.json``; prints the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    out.write_text(render(result))
+    _log(f"wrote {out} and {out.with_suffix('.json')}")
+    print(out.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/benchmark", help="where the artifacts go (reused when present)")
@@ -355,12 +364,7 @@ def main() -> None:
         },
         "analysis": analysis,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    out.write_text(render(result))
-    _log(f"wrote {out} and {out.with_suffix('.json')}")
-    print(render(result))
+    write_result(Path(args.out), result, render)
 
 
 if __name__ == "__main__":

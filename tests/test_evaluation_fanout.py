@@ -62,16 +62,25 @@ def _files(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def test_merged_suites_equal_one_evaluation_of_all_suites(policies):
+def _common(pol):
+    return ["--profile", "quick", *_sets(EVAL), "--policy", f"base={pol['base']}", "--policy", f"rft={pol['rft']}"]
+
+
+@pytest.fixture(scope="module")
+def parts(policies):
+    """Two branches of a fanned-out evaluation, the first holding two suites not neighbours in report order."""
     root, pol = policies
-    common = ["--profile", "quick", *_sets(EVAL), "--policy", f"base={pol['base']}", "--policy", f"rft={pol['rft']}"]
-    whole = _cli("evaluate", *common, "--out", str(root / "whole"))
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    # two branches, the first holding two suites that are not neighbours in report order
     for name, suites in (("a", "nominal,goal-5cm"), ("b", "object-5cm")):
-        part = _cli("evaluate", *common, "--suites", suites, "--out", str(root / name))
+        part = _cli("evaluate", *_common(pol), "--suites", suites, "--out", str(root / name))
         assert part.returncode == 0, part.stderr[-3000:]
         assert storage.read_manifest(str(root / name))["kind"] == "evaluation_part"
+    return root
+
+
+def test_merged_suites_equal_one_evaluation_of_all_suites(policies, parts):
+    root, pol = policies
+    whole = _cli("evaluate", *_common(pol), "--out", str(root / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
     merged = _cli("merge-evaluations", "--profile", "quick", *_sets(EVAL), "--part", str(root / "a"),
                   "--part", str(root / "b"), "--out", str(root / "merged"))
     assert merged.returncode == 0, merged.stderr[-3000:]
@@ -92,11 +101,9 @@ def test_merged_suites_equal_one_evaluation_of_all_suites(policies):
     assert mb["config"]["evaluated"]["rft"]["content_sha256"]  # the hash promote checks
 
 
-def test_merge_refuses_parts_that_do_not_cover_the_suites(policies, tmp_path):
+def test_merge_refuses_parts_that_do_not_cover_the_suites(policies, parts, tmp_path):
     """A part missing, or a part of another evaluation: one named line, nothing published."""
-    root, pol = policies
-    if not (root / "a").exists():
-        pytest.skip("needs the parts of the test above")
+    root, pol = parts, policies[1]
     base = ["merge-evaluations", "--profile", "quick", *_sets(EVAL), "--out", str(tmp_path / "m")]
     result = _cli(*base, "--part", str(root / "a"))
     assert result.returncode == 2
