@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from headline import T_975, _log, _pct, _signed, _stage, combined_evaluation, evaluate_each, write_result  # noqa: E402
+from headline import (T_975, _log, _pct, _signed, _stage, combined_evaluation, episodes_text, evaluate_each,  # noqa: E402
+                      nominal_n, write_result)
 
 from vla_rft import stages, storage  # noqa: E402
 from vla_rft.config import load_config  # noqa: E402
@@ -157,7 +158,7 @@ def render(result: dict) -> str:
     lines = ["# Closed-loop RFT: base, chunk RFT, episode RFT, shuffled control, filtered BC", "",
              f"Command: `{meta['command']}`  ",
              f"Machine: {meta['machine']}; finished {meta['finished']}; this invocation {meta['seconds'] / 60:.1f} min.  ",
-             f"Evaluation: real Meta-World, {meta['episodes_per_task']} episodes per task and suite, the same "
+             f"Evaluation: real Meta-World, {episodes_text(meta)}, the same "
              f"episodes for every policy (seed base {meta['seed_base']}); seeds {meta['seeds']}.", "",
              "Success in %, mean over seeds; gain in points over base: 95 % t-interval over seeds (n/a with one "
              "seed) and a paired bootstrap over episodes (episode noise only).", "",
@@ -312,7 +313,7 @@ def main() -> None:
                  "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, device {cfg.common.device}",
                  "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.time() - start,
                  "profile": args.profile, "seeds": args.seeds, "episodes_per_task": base_entry["episodes_per_task"],
-                 "seed_base": base_entry["seed_base"],
+                 "nominal_episodes_per_task": nominal_n(base_entry), "seed_base": base_entry["seed_base"],
                  "artifacts": {"dataset": dataset, "world_model": wm, "base": base, "rollouts": rollouts,
                                "grounded": grounded, "success_model": judge}},
         "analysis": analyse(metrics, episodes, runs), "training": _training_rows(work, runs, shared),

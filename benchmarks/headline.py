@@ -172,6 +172,22 @@ def _num(x) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
+def nominal_n(entry: dict) -> int:
+    """Episodes per task on the nominal suite (older results: ``episodes_per_task`` everywhere)."""
+    return entry.get("nominal_episodes_per_task") or entry["episodes_per_task"]
+
+
+def design(entry: dict) -> tuple:
+    return entry["seed_base"], entry["episodes_per_task"], nominal_n(entry)
+
+
+def episodes_text(meta: dict) -> str:
+    n, nom = meta["episodes_per_task"], nominal_n(meta)
+    if nom == n:
+        return f"{n} episodes per task and suite"
+    return f"{nom} episodes per task on the nominal suite and {n} per task on each perturbation suite"
+
+
 def render(result: dict) -> str:
     a, meta = result["analysis"], result["meta"]
     lines = [
@@ -179,7 +195,7 @@ def render(result: dict) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; finished {meta['finished']}; total {meta['seconds'] / 60:.1f} min.  ",
-        f"Evaluation: real Meta-World, {meta['episodes_per_task']} episodes per task and suite, the same episodes "
+        f"Evaluation: real Meta-World, {episodes_text(meta)}, the same episodes "
         f"for every policy (seed base {meta['seed_base']}); RFT seeds {meta['seeds']}.",
         *([f"Note: {meta['note']}"] if meta.get("note") else []),
         "",
@@ -258,7 +274,7 @@ def combined_evaluation(evaluations: list[str]) -> tuple[dict, list[dict]]:
             first = next(iter(metrics["policies"].values()))
             this = next(iter(m["policies"].values()))
             if ([s["name"] for s in m["suites"]] != [s["name"] for s in metrics["suites"]]
-                    or (this["seed_base"], this["episodes_per_task"]) != (first["seed_base"], first["episodes_per_task"])):
+                    or design(this) != design(first)):
                 raise SystemExit(f"{uri} evaluated other suites or episodes than {evaluations[0]}; remove it to re-run")
             metrics["policies"].update(m["policies"])
         episodes += rows
@@ -360,6 +376,7 @@ def main() -> None:
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": time.time() - start, "profile": args.profile, "seeds": args.seeds,
             "episodes_per_task": base_entry["episodes_per_task"], "seed_base": base_entry["seed_base"],
+            "nominal_episodes_per_task": nominal_n(base_entry),
             "artifacts": {"dataset": dataset, "world_model": wm, "base": base, "evaluations": evaluations},
         },
         "analysis": analysis,

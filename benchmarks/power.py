@@ -60,7 +60,7 @@ def t975(dof: int) -> float:
 def calibrate(results: dict) -> dict:
     """phi, kappa and per-task components from the headline's results.json."""
     meta, analysis = results["meta"], results["analysis"]
-    n = meta["episodes_per_task"]
+    n = meta.get("nominal_episodes_per_task") or meta["episodes_per_task"]  # the gain is nominal
     by_task = analysis["nominal_by_task"]
     nominal = next(r for r in analysis["rows"] if r["suite"] == "nominal")
     tasks = {}
@@ -121,10 +121,12 @@ def scenarios(cal: dict, base_rates: dict[str, float]) -> dict[str, list[tuple[f
     return {"measured": measured, "mt10": mt10, "worst": worst}
 
 
-def episodes_per_policy(n: int, tasks: list[str]) -> int:
-    """Episodes one policy runs on every suite (cells a suite does not apply to are skipped)."""
-    cells = sum(applies(t, Perturbation(s.kind, s.magnitude_cm)) for s in suite_table().values() for t in tasks)
-    return n * cells
+def episodes_per_policy(n: int, tasks: list[str], perturbed: int | None = None) -> int:
+    """Episodes one policy runs on every suite: n per task on the nominal suite, ``perturbed`` (default n)
+    per task on each perturbation suite; cells a suite does not apply to are skipped."""
+    perturbed = n if perturbed is None else perturbed
+    return sum((n if s.kind == "none" else perturbed) * applies(t, Perturbation(s.kind, s.magnitude_cm))
+               for s in suite_table().values() for t in tasks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes-per-second", type=float, default=None,
                     help="measured evaluation throughput of one policy (2 workers)")
     ap.add_argument("--rft-minutes", type=float, default=5.5, help="one RFT seed, whole stage")
+    ap.add_argument("--perturbed-episodes", type=int, default=None,
+                    help="episodes per task on each perturbation suite (evaluate.episodes_per_task; default: n, "
+                         "as many as nominal); only the nominal n enters the half-width")
     ap.add_argument("--target", type=float, default=4.0, help="half-width target, points")
     ap.add_argument("--eval-budget-min", type=float, default=10.0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "power_mt10.json"))
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = {name: {f"{n}x{s}": half_width(c, n, s) for n in ns for s in ss} for name, c in sc.items()}
     check = half_width(sc["measured"], cal["episodes_per_task"], cal["seeds"])
 
-    eps_per_policy = {n: episodes_per_policy(n, MT10) for n in ns}
+    eps_per_policy = {n: episodes_per_policy(n, MT10, args.perturbed_episodes) for n in ns}
     candidates = []
     for n in ns:
         for s in ss:
@@ -189,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in ns:
             lines.append(f"| {n} | " + " | ".join(f"{grid[name][f'{n}x{s}']:.1f}" for s in ss) + " |")
         lines.append("")
-    lines += ["Episodes per policy on all suites (MT10): " +
+    pert = "as many" if args.perturbed_episodes is None else args.perturbed_episodes
+    lines += [f"Episodes per policy on all suites (MT10; n nominal, {pert} per task on each perturbation suite): " +
               ", ".join(f"n={n}: {e}" for n, e in eps_per_policy.items()), ""]
     if pick:
         em = f", {pick['eval_minutes']:.1f} min per policy evaluation" if pick["eval_minutes"] else ""
         lines.append(f"**Pick (cheapest with half-width <= {args.target:g} points in the mt10 scenario{em}):** "
-                     f"n = {pick['episodes_per_task']} episodes per task, S = {pick['seeds']} seeds: "
+                     f"n = {pick['episodes_per_task']} nominal episodes per task, S = {pick['seeds']} seeds: "
                      f"{pick['half_width']:.1f} points, ~{pick['cost_minutes']:.0f} min of RFT + evaluation.")
     else:
         lines.append(f"No design in the grid reaches {args.target:g} points within the evaluation budget.")

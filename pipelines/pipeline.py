@@ -31,7 +31,8 @@ _KNOB_HELP = {
     "bc_steps": "behaviour-cloning steps of the base policy",
     "rft_steps": "GRPO steps",
     "group_size": "GRPO group size G (samples per start state)",
-    "eval_episodes_per_task": "real-simulator evaluation episodes per task and suite",
+    "eval_episodes_per_task": "real-simulator evaluation episodes per task and suite (perturbation suites only "
+                              "where the profile sets evaluate.nominal_episodes_per_task)",
     "device": "torch device of the training stages: cpu or cuda",
     "registry": "model registry the promote gate publishes to (local path or s3://bucket/prefix)",
     "data_source": "dataset to train on: generate, a dataset URI (s3://... or a path) or dvc:REV of dvc_repo",

@@ -183,6 +183,27 @@ def test_a_policy_with_the_wrong_action_shape_is_named(sim):
         evaluate_policy(bad, TASKS, None, _cfg(episodes_per_task=1, suites=["nominal"]), sim, progress=False)
 
 
+
+def test_nominal_suite_can_run_more_episodes_than_the_perturbation_suites():
+    cfg = EvaluateConfig(episodes_per_task=2, nominal_episodes_per_task=5, suites=["nominal", "robot-5cm"])
+    plan, _ = plan_episodes(["reach", "push"], cfg.suite_list(), cfg)
+    seeds = {(s, t): [p.spec.seed for p in plan if (p.suite.name, p.spec.task) == (s, t)]
+             for s in ("nominal", "robot-5cm") for t in ("reach", "push")}
+    assert seeds[("nominal", "reach")] == [1_000_000 + i for i in range(5)]
+    assert seeds[("robot-5cm", "push")] == [1_000_000, 1_000_001]  # the nominal suite's first layouts
+    assert len(plan) == 2 * 5 + 2 * 2
+    assert EvaluateConfig(episodes_per_task=7).nominal_episodes == 7  # 0: as many as every other suite
+    with pytest.raises(ConfigError, match="nominal_episodes_per_task"):
+        EvaluateConfig(nominal_episodes_per_task=-1)
+    # an evaluation records the design; results of another nominal count are not comparable
+    a = EvalResults("a", ["reach"], cfg.suite_list(), [], [], episodes_per_task=2, nominal_episodes_per_task=5)
+    assert EvalResults.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    old = a.to_dict()
+    del old["nominal_episodes_per_task"]  # written before the key existed: the same count everywhere
+    assert EvalResults.from_dict(old).nominal_episodes_per_task == 2
+    with pytest.raises(ValueError, match="other episodes"):
+        compute_metrics([a, EvalResults("b", ["reach"], cfg.suite_list(), [], [], episodes_per_task=2)])
+
 # -- metrics ----------------------------------------------------------------------------------
 
 def test_wilson_interval_matches_hand_computed_values():

@@ -10,7 +10,8 @@
       "policies": {
         "<policy>": {                         # e.g. "base", "rft", "expert"
           "episodes": 880, "seconds": 212.4,
-          "episodes_per_task": 20, "max_episode_steps": 150, "seed_base": 1000000,
+          "episodes_per_task": 20, "nominal_episodes_per_task": 20,   # the second: nominal suite only
+          "max_episode_steps": 150, "seed_base": 1000000,
           "chunk_len": 8,                     # null for the expert (it acts per step)
           "cells": {"<suite>": {"<task>": CELL}},
           "suites": {"<suite>": SUITE},
@@ -109,7 +110,8 @@ def policy_metrics(results: EvalResults, confidence: float = 0.95) -> dict[str, 
     perturbed = [rate for s in results.suites if s.perturbed and (rate := rates.get(s.name)) is not None]
     return {
         "episodes": len(results.episodes), "seconds": results.seconds,
-        "episodes_per_task": results.episodes_per_task, "max_episode_steps": results.max_episode_steps,
+        "episodes_per_task": results.episodes_per_task,
+        "nominal_episodes_per_task": results.nominal_episodes_per_task, "max_episode_steps": results.max_episode_steps,
         "seed_base": results.seed_base, "chunk_len": results.chunk_len,
         "cells": cells, "suites": suites,
         "overall": {"nominal": rates.get("nominal"), "perturbed": _mean(perturbed), "all": _mean(list(rates.values()))},
@@ -170,11 +172,9 @@ def compute_metrics(results: Sequence[EvalResults], comparisons: Sequence[tuple[
     if len(set(names)) != len(names):
         raise ValueError(f"two evaluations share a policy name: {names}")
     for r in results[1:]:
-        if (r.tasks, [s.name for s in r.suites], r.episodes_per_task, r.seed_base, r.max_episode_steps) != (
-                first.tasks, [s.name for s in first.suites], first.episodes_per_task, first.seed_base,
-                first.max_episode_steps):
+        if (r.design(), [s.name for s in r.suites]) != (first.design(), [s.name for s in first.suites]):
             raise ValueError(f"{r.policy!r} was evaluated on other episodes than {first.policy!r} (tasks, suites, "
-                             "episodes_per_task, seed_base or max_episode_steps differ): not comparable")
+                             "episodes per task, seed_base or max_episode_steps differ): not comparable")
     metrics: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "confidence": confidence, "tasks": list(first.tasks),
         "suites": [{"name": s.name, "kind": s.kind, "magnitude_cm": s.magnitude_cm} for s in first.suites],

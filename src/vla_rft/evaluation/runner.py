@@ -84,6 +84,17 @@ class EvalResults:
     seed_base: int = 0
     chunk_len: int | None = None  #: K the policy produced (None for the expert, which acts per step)
     seconds: float = 0.0
+    #: episodes per task on the nominal suite (``episodes_per_task`` on every other suite)
+    nominal_episodes_per_task: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.nominal_episodes_per_task:
+            self.nominal_episodes_per_task = self.episodes_per_task
+
+    def design(self) -> tuple:
+        """What makes two evaluations comparable episode by episode."""
+        return (list(self.tasks), self.episodes_per_task, self.nominal_episodes_per_task, self.max_episode_steps,
+                self.seed_base)
 
     def cell(self, suite: str, task: str) -> list[EpisodeResult]:
         return [e for e in self.episodes if e.suite == suite and e.task == task]
@@ -96,6 +107,7 @@ class EvalResults:
             "not_applicable": [list(c) for c in self.not_applicable],
             "episodes_per_task": self.episodes_per_task, "max_episode_steps": self.max_episode_steps,
             "seed_base": self.seed_base, "chunk_len": self.chunk_len, "seconds": self.seconds,
+            "nominal_episodes_per_task": self.nominal_episodes_per_task,
         }
 
     @classmethod
@@ -106,6 +118,7 @@ class EvalResults:
             not_applicable=[tuple(c) for c in d["not_applicable"]],  # type: ignore[misc]
             episodes_per_task=d["episodes_per_task"], max_episode_steps=d["max_episode_steps"],
             seed_base=d.get("seed_base", 0), chunk_len=d.get("chunk_len"), seconds=d.get("seconds", 0.0),
+            nominal_episodes_per_task=d.get("nominal_episodes_per_task", 0),
         )
 
 
@@ -131,7 +144,7 @@ def plan_episodes(tasks: Sequence[str], suites: Sequence[Suite], cfg: EvaluateCo
         pert = Perturbation(suite.kind, suite.magnitude_cm)
         live = [t for t in tasks if applies(t, pert)]
         skipped += [(suite.name, t) for t in tasks if t not in live]
-        for i in range(cfg.episodes_per_task):
+        for i in range(cfg.episodes_for(suite)):
             plan += [PlannedEpisode(suite, i, EpisodeSpec(t, cfg.seed_base + i, pert)) for t in live]
     return plan, skipped
 
@@ -251,7 +264,8 @@ def evaluate_policy(act: PolicyFn, tasks: Sequence[str], suites: Sequence[Suite]
                              FPS / chunk_len)
             bar.update(n)
     return EvalResults(name, tasks, suites, results, skipped, keeper.videos, cfg.episodes_per_task,
-                       cfg.max_episode_steps, cfg.seed_base, chunk_len, time.time() - start)
+                       cfg.max_episode_steps, cfg.seed_base, chunk_len, time.time() - start,
+                       nominal_episodes_per_task=cfg.nominal_episodes)
 
 
 def evaluate_expert(tasks: Sequence[str], suites: Sequence[Suite] | None, cfg: EvaluateConfig, sim, *,
@@ -279,7 +293,8 @@ def evaluate_expert(tasks: Sequence[str], suites: Sequence[Suite] | None, cfg: E
                 keeper.offer(p.suite.name, p.spec.task, p.episode, ok,
                              lambda rec=rec: rec.frames.copy(), FPS / chunk_len)
     return EvalResults(EXPERT, tasks, suites, results, skipped, keeper.videos, cfg.episodes_per_task,
-                       cfg.max_episode_steps, cfg.seed_base, None, time.time() - start)
+                       cfg.max_episode_steps, cfg.seed_base, None, time.time() - start,
+                       nominal_episodes_per_task=cfg.nominal_episodes)
 
 
 def make_simulator(sim_cfg, cfg: EvaluateConfig):
@@ -374,10 +389,9 @@ def merge_results(parts: Sequence[Sequence[EvalResults]], suites: Sequence[Suite
     for j, head in enumerate(parts[0]):
         mine = [part[j] for part in parts]
         for r in mine:
-            if (r.tasks, r.episodes_per_task, r.max_episode_steps, r.seed_base) != (
-                    head.tasks, head.episodes_per_task, head.max_episode_steps, head.seed_base):
+            if r.design() != head.design():
                 raise ValueError(f"policy {r.policy!r} was evaluated on other episodes in one part (tasks, "
-                                 "episodes_per_task, max_episode_steps or seed_base differ)")
+                                 "episodes per task, max_episode_steps or seed_base differ)")
         cells = [(s.name, mine[owner[s.name]]) for s in suites]
         out.append(EvalResults(
             head.policy, list(head.tasks), list(suites),
@@ -385,5 +399,6 @@ def merge_results(parts: Sequence[Sequence[EvalResults]], suites: Sequence[Suite
             [c for name, r in cells for c in r.not_applicable if c[0] == name],
             [v for name, r in cells for v in r.videos if v.suite == name],
             head.episodes_per_task, head.max_episode_steps, head.seed_base,
-            next((r.chunk_len for r in mine if r.chunk_len is not None), None), sum(r.seconds for r in mine)))
+            next((r.chunk_len for r in mine if r.chunk_len is not None), None), sum(r.seconds for r in mine),
+            nominal_episodes_per_task=head.nominal_episodes_per_task))
     return out
