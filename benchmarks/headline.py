@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from vla_rft import stages, storage  # noqa: E402
 from vla_rft.config import load_config  # noqa: E402
 
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 
 
 def _log(msg: str) -> None:
@@ -85,6 +86,53 @@ def _paired_bootstrap(episodes: list[dict], policy: str, base: str, suites: list
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def crossed_interval(episodes: list[dict], policies: list[str], base: str, suite: str,
+                     level_t: dict[int, float] | None = None) -> dict:
+    """95 % interval of the gain on ``suite`` (mean over seeds of policy - base, paired on the same
+    episodes) that counts both noise sources: which seeds RFT ran with, and which episodes were drawn.
+
+    The paired differences d[s, e] (seed s, episode e) form a seeds x episodes table with one
+    observation per cell: a two-way crossed random-effects design. With mean squares MS_S (seeds),
+    MS_E (episodes) and MS_SE (residual), Var(mean) = sigma2_S / S + sigma2_E / N + sigma2_SE / (S N)
+    is estimated by (MS_E + max(0, MS_S - MS_SE)) / (S N), with Satterthwaite's degrees of freedom.
+    Episodes are not split by task (each task has the same n), which can only overstate MS_E.
+    One seed: the episode part alone (no seed variance can be estimated), flagged by ``seeds: 1``.
+    """
+    key = lambda r: (r["task"], r["episode"])  # noqa: E731
+    b = {key(r): int(r["success"]) for r in episodes if r["policy"] == base and r["suite"] == suite}
+    keys = sorted(b)
+    if not keys:
+        raise ValueError(f"no episodes of {base!r} on suite {suite!r}")
+    rows = []
+    for name in policies:
+        a = {key(r): int(r["success"]) for r in episodes if r["policy"] == name and r["suite"] == suite}
+        if sorted(a) != keys:
+            raise ValueError(f"{name!r} and {base!r} were not evaluated on the same episodes of {suite!r}")
+        rows.append([a[k] - b[k] for k in keys])
+    d = np.asarray(rows, dtype=float)
+    S, N = d.shape
+    grand = float(d.mean())
+    seed_means, ep_means = d.mean(axis=1), d.mean(axis=0)
+    ms_e = S * float(((ep_means - grand) ** 2).sum()) / (N - 1) if N > 1 else 0.0
+    if S > 1:
+        ms_s = N * float(((seed_means - grand) ** 2).sum()) / (S - 1)
+        resid = d - seed_means[:, None] - ep_means[None, :] + grand
+        ms_se = float((resid ** 2).sum()) / ((S - 1) * (N - 1)) if N > 1 else 0.0
+    else:
+        ms_s = ms_se = 0.0
+    seed_part = max(0.0, ms_s - ms_se)
+    var = (ms_e + seed_part) / (S * N)
+    # Satterthwaite: var = (MS_E + MS_S - MS_SE) / (S N) where the seed part is positive, else MS_E / (S N)
+    terms = [(ms_e, N - 1)] + ([(ms_s, S - 1), (ms_se, (S - 1) * (N - 1))] if seed_part > 0 else [])
+    denom = sum(ms ** 2 / df for ms, df in terms if df > 0)
+    dof = (sum(ms if i < 2 else -ms for i, (ms, _) in enumerate(terms)) ** 2 / denom) if denom > 0 else math.inf
+    table = level_t or T_975
+    t = 1.96 if dof > 120 else table.get(int(dof)) or table[max(k for k in table if k <= max(1, int(dof)))]
+    half = t * math.sqrt(var)
+    return {"gain": grand, "ci": (grand - half, grand + half), "half_width": half, "dof": dof, "seeds": S,
+            "episodes": N, "ms_seeds": ms_s, "ms_episodes": ms_e, "ms_residual": ms_se}
+
+
 def _mean_ci(values: list[float]) -> tuple[float, float, float]:
     m = float(np.mean(values))
     if len(values) < 2:
@@ -124,6 +172,8 @@ def analyse(metrics: dict, episodes: list[dict], rft_names: list[str], control: 
             "rft_seed_ci": [ci(n) for n in rft_names],
             "gain": gain, "gain_ci_seeds": (g_lo, g_hi), "gain_seeds": gains,
             "gain_ci_bootstrap_seeds": boots,
+            "gain_crossed": (crossed_interval(episodes, rft_names, "base", suite)
+                             if suite != "perturbed (mean)" else None),
             "gap_closed": gain / gap if gap and gap > 0 else None,
             "steps_base": steps("base"), "steps_rft": _nanmean([steps(n) for n in rft_names]),
         }
@@ -188,6 +238,18 @@ def episodes_text(meta: dict) -> str:
     return f"{nom} episodes per task on the nominal suite and {n} per task on each perturbation suite"
 
 
+def _crossed_lines(a: dict) -> list[str]:
+    nominal = next((r for r in a["rows"] if r["suite"] == "nominal"), None)
+    c = nominal.get("gain_crossed") if nominal else None
+    if not c:
+        return []
+    seeds = "" if c["seeds"] > 1 else " (one seed: episode noise only)"
+    return [f"**Nominal gain, 95 % interval over seeds and episodes** (paired seeds x episodes table, crossed "
+            f"random effects, Satterthwaite dof {c['dof']:.0f}; `crossed_interval` in benchmarks/headline.py): "
+            f"{_signed(c['gain'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}], **half-width "
+            f"{100 * c['half_width']:.1f} points**{seeds} over {c['seeds']} seeds x {c['episodes']} episodes.", ""]
+
+
 def render(result: dict) -> str:
     a, meta = result["analysis"], result["meta"]
     lines = [
@@ -227,6 +289,7 @@ def render(result: dict) -> str:
             f"{r['suite']}: " + ", ".join(f"[{_signed(lo)}, {_signed(hi)}]" for lo, hi in r["gain_ci_bootstrap_seeds"])
             for r in a["rows"] if r["suite"] in ("nominal", "perturbed (mean)")),
         "",
+        *_crossed_lines(a),
         "## Nominal, per task (%)",
         "",
         "| task | base | RFT per seed | RFT mean | control | expert |",
@@ -256,15 +319,37 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_evaluation(uri: str) -> tuple[dict, list[dict]]:
+def _split_ref(ref: str) -> tuple[str, dict[str, str]]:
+    """``URI`` or ``URI#old=new,...``: an evaluation artifact and the policies to rename in it."""
+    uri, _, spec = ref.partition("#")
+    renames = {}
+    for item in filter(None, spec.split(",")):
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise SystemExit(f"evaluation {ref!r}: renames are OLD=NEW, comma-separated, got {item!r}")
+        renames[old] = new
+    return uri, renames
+
+
+def _read_evaluation(ref: str) -> tuple[dict, list[dict]]:
+    uri, renames = _split_ref(ref)
     eval_dir, _ = storage.read_artifact(uri, expected_kind="evaluation")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    missing = sorted(set(renames) - set(metrics["policies"]))
+    if missing:
+        raise SystemExit(f"{uri} holds no policy {missing[0]!r} to rename; it holds {sorted(metrics['policies'])}")
+    metrics["policies"] = {renames.get(k, k): v for k, v in metrics["policies"].items()}
     with open(eval_dir / "episodes.csv") as fh:
-        return json.loads((eval_dir / "metrics.json").read_text()), list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["policy"] = renames.get(r["policy"], r["policy"])
+    return metrics, rows
 
 
 def combined_evaluation(evaluations: list[str]) -> tuple[dict, list[dict]]:
     """One metrics dict and episode list from evaluation artifacts of the same suites and episodes
-    (the policies of each, side by side); refuses artifacts whose suites or episode seeds differ."""
+    (the policies of each, side by side; ``URI#old=new`` renames a policy); refuses artifacts whose
+    suites or episode seeds differ, and a policy that two of them hold."""
     metrics, episodes = None, []
     for uri in evaluations:
         m, rows = _read_evaluation(uri)
@@ -276,20 +361,26 @@ def combined_evaluation(evaluations: list[str]) -> tuple[dict, list[dict]]:
             if ([s["name"] for s in m["suites"]] != [s["name"] for s in metrics["suites"]]
                     or design(this) != design(first)):
                 raise SystemExit(f"{uri} evaluated other suites or episodes than {evaluations[0]}; remove it to re-run")
+            twice = sorted(set(m["policies"]) & set(metrics["policies"]))
+            if twice:
+                raise SystemExit(f"policy {twice[0]!r} is in {uri} and in an earlier evaluation; keep one")
             metrics["policies"].update(m["policies"])
         episodes += rows
     return metrics, episodes
 
 
-def evaluate_each(cfg, policies: dict[str, str], work: Path) -> list[str]:
+def evaluate_each(cfg, policies: dict[str, str], work: Path, reused: list[str] = ()) -> list[str]:
     """Evaluate every policy into its own artifact ``work/eval-<name>`` (skipped when present; the first
     with the scripted expert): adding a seed or a method later re-runs only the new policies. The
-    episodes are seeded by (suite, task, episode index), so the evaluations are paired."""
-    uris = []
-    for i, (name, uri) in enumerate(policies.items()):
+    episodes are seeded by (suite, task, episode index), so the evaluations are paired. Policies that
+    a ``reused`` evaluation (``URI#old=new``, e.g. the pipeline's) already holds are not run again."""
+    uris = list(reused)
+    covered = set(combined_evaluation(uris)[0]["policies"]) if uris else set()
+    todo = [name for name in policies if name not in covered]
+    for i, name in enumerate(todo):
         ev = str(work / f"eval-{name}")
-        _stage(f"evaluate {name}", ev, lambda n=name, u=uri, e=ev, x=(i == 0): stages.evaluate(
-            cfg, {n: u}, e, expert=x, progress=False))
+        _stage(f"evaluate {name}", ev, lambda n=name, u=policies[name], e=ev, x=(i == 0 and "expert" not in covered):
+               stages.evaluate(cfg, {n: u}, e, expert=x, progress=False))
         uris.append(ev)
     return uris
 
@@ -322,6 +413,10 @@ def main() -> None:
     ap.add_argument("--reuse", action="append", default=[], metavar="RUN=URI",
                     help="take a finished RFT run from elsewhere, e.g. rft-s0=<the pipeline's rft policy> "
                          "(it must have the same config and seed)")
+    ap.add_argument("--reuse-evaluation", action="append", default=[], metavar="URI[#OLD=NEW,...]",
+                    help="an evaluation that already holds some policies on the same episodes, e.g. the "
+                         "pipeline's: '<run>/evaluate/evaluation#rft=rft-s0' (base, expert and rft-s0 then "
+                         "are not evaluated again)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-control", action="store_true", help="skip the shuffled-advantage control run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
@@ -365,9 +460,9 @@ def main() -> None:
             c, dataset, wm, base, u, verify=v, progress=False)) or _rft_summary_from_artifact(uri)
 
     policies = {"base": base, **uris}
-    evaluations = evaluate_each(cfg, policies, work)
+    evaluations = evaluate_each(cfg, policies, work, args.reuse_evaluation)
     analysis = _analyse_stored(evaluations, summaries)
-    base_entry = combined_evaluation(evaluations[:1])[0]["policies"]["base"]
+    base_entry = combined_evaluation(evaluations)[0]["policies"]["base"]
     result = {
         "meta": {
             "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:]),

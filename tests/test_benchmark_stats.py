@@ -1,0 +1,102 @@
+"""The headline benchmark's statistics, checked by hand on tiny tables (no simulator)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import headline  # noqa: E402
+
+
+def _episodes(table: dict[str, list[int]], suite: str = "nominal") -> list[dict]:
+    """Episode rows as evaluation artifacts hold them: one success flag per policy and episode."""
+    return [{"policy": p, "suite": suite, "task": "reach" if e % 2 == 0 else "push", "episode": e // 2,
+             "success": bool(x)} for p, flags in table.items() for e, x in enumerate(flags)]
+
+
+def test_crossed_interval_adds_the_seed_variance_when_seeds_disagree():
+    # d[s, e] = rft_s - base: [[1, 1, 1, 0], [0, 0, 1, 0]]; by hand: MS_E = 1/3, MS_S = 1/2,
+    # MS_SE = 1/6, Var = (1/3 + 1/2 - 1/6) / 8 = 1/12, Satterthwaite dof = (2/3)^2 / (1/27 + 1/4 + 1/108) = 1.5
+    eps = _episodes({"base": [0, 0, 0, 0], "s0": [1, 1, 1, 0], "s1": [0, 0, 1, 0]})
+    c = headline.crossed_interval(eps, ["s0", "s1"], "base", "nominal")
+    assert c["gain"] == pytest.approx(0.5)
+    assert (c["ms_episodes"], c["ms_seeds"], c["ms_residual"]) == pytest.approx((1 / 3, 1 / 2, 1 / 6))
+    assert c["dof"] == pytest.approx(1.5)
+    assert c["half_width"] == pytest.approx(12.706 * math.sqrt(1 / 12))  # t at 1 dof (rounded down)
+    assert c["ci"][0] == pytest.approx(0.5 - c["half_width"])
+
+
+def test_crossed_interval_is_the_episode_interval_when_the_seeds_add_nothing():
+    # d = [[1, 0, 1], [0, 0, 1]]: MS_S = MS_SE = 1/6, so the seed part is 0 and Var = MS_E / (S N) = 1/12
+    eps = _episodes({"base": [0, 0, 0], "s0": [1, 0, 1], "s1": [0, 0, 1]})
+    c = headline.crossed_interval(eps, ["s0", "s1"], "base", "nominal")
+    assert c["dof"] == pytest.approx(2)
+    assert c["half_width"] == pytest.approx(4.303 * math.sqrt(1 / 12))
+    one = headline.crossed_interval(eps, ["s0"], "base", "nominal")
+    assert one["seeds"] == 1 and one["gain"] == pytest.approx(2 / 3)
+    # one seed: the paired episode variance only, sum((d - 2/3)^2) / (N - 1) / N = (2/3) / 2 / 3
+    assert one["half_width"] == pytest.approx(4.303 * math.sqrt(1 / 9))
+
+
+def test_crossed_interval_refuses_unpaired_evaluations():
+    eps = _episodes({"base": [0, 0, 0, 0], "s0": [1, 1, 1, 0]})
+    eps = [r for r in eps if not (r["policy"] == "s0" and r["episode"] == 1)]
+    with pytest.raises(ValueError, match="same episodes"):
+        headline.crossed_interval(eps, ["s0"], "base", "nominal")
+    with pytest.raises(ValueError, match="no episodes"):
+        headline.crossed_interval(eps, ["s0"], "base", "robot-5cm")
+
+
+def test_the_evaluation_design_is_stated_as_run():
+    assert headline.episodes_text({"episodes_per_task": 20}) == "20 episodes per task and suite"
+    assert headline.episodes_text({"episodes_per_task": 10, "nominal_episodes_per_task": 50}) == (
+        "50 episodes per task on the nominal suite and 10 per task on each perturbation suite")
+
+
+def _evaluation(tmp_path, name: str, rates: dict[str, list[float]], cfg) -> str:
+    """A real evaluation artifact (metrics.json + episodes.csv under a manifest) without the simulator."""
+    from vla_rft import storage
+    from vla_rft.evaluation.metrics import compute_metrics
+    from vla_rft.evaluation.report import write_episodes_csv
+    from vla_rft.evaluation.runner import EpisodeResult, EvalResults
+
+    results = []
+    for policy, (p_reach, p_push) in rates.items():
+        eps = [EpisodeResult(s.name, t, i, cfg.seed_base + i, ok, 10, 5 if ok else None, [0.0])
+               for s in cfg.suite_list() for t, p in (("reach", p_reach), ("push", p_push))
+               for i in range(cfg.episodes_for(s)) for ok in [i < round(p * cfg.nominal_episodes)]]
+        results.append(EvalResults(policy, ["reach", "push"], cfg.suite_list(), eps, [], [],
+                                   episodes_per_task=cfg.episodes_per_task, seed_base=cfg.seed_base,
+                                   nominal_episodes_per_task=cfg.nominal_episodes))
+    src = tmp_path / f"{name}-files"
+    src.mkdir()
+    (src / "metrics.json").write_text(json.dumps(compute_metrics(results)))
+    write_episodes_csv(src / "episodes.csv", results)
+    uri = str(tmp_path / name)
+    storage.write_artifact(src, uri, kind="evaluation", config={})
+    return uri
+
+
+def test_a_reused_evaluation_is_combined_with_renamed_policies(tmp_path):
+    from vla_rft.evaluation.configuration import EvaluateConfig
+
+    cfg = EvaluateConfig(episodes_per_task=2, nominal_episodes_per_task=4, suites=["nominal", "robot-5cm"])
+    pipeline = _evaluation(tmp_path, "pipeline", {"base": [0.5, 0.25], "rft": [0.75, 0.25]}, cfg)
+    seed1 = _evaluation(tmp_path, "eval-rft-s1", {"rft-s1": [0.5, 0.5]}, cfg)
+    metrics, episodes = headline.combined_evaluation([f"{pipeline}#rft=rft-s0", seed1])
+    assert sorted(metrics["policies"]) == ["base", "rft-s0", "rft-s1"]
+    assert {r["policy"] for r in episodes} == {"base", "rft-s0", "rft-s1"}
+    c = headline.crossed_interval(episodes, ["rft-s0", "rft-s1"], "base", "nominal")
+    assert c["episodes"] == 8 and c["gain"] == pytest.approx((0.125 + 0.125) / 2)
+    with pytest.raises(SystemExit, match="holds no policy 'rtf'"):
+        headline.combined_evaluation([f"{pipeline}#rtf=rft-s0"])
+    with pytest.raises(SystemExit, match="is in"):
+        headline.combined_evaluation([pipeline, _evaluation(tmp_path, "again", {"rft": [1, 1]}, cfg)])
+    other = _evaluation(tmp_path, "other", {"rft-s2": [1, 1]},
+                        EvaluateConfig(episodes_per_task=2, suites=["nominal", "robot-5cm"]))
+    with pytest.raises(SystemExit, match="other suites or episodes"):
+        headline.combined_evaluation([pipeline, other])
