@@ -238,6 +238,39 @@ def episodes_text(meta: dict) -> str:
     return f"{nom} episodes per task on the nominal suite and {n} per task on each perturbation suite"
 
 
+def peer_row(path: str, meta: dict) -> dict:
+    """The peer baseline's numbers, refused unless it evaluated this base policy on these episodes."""
+    row = json.loads(Path(path).read_text())
+    if Path(row["base_policy"]).resolve() != Path(meta["artifacts"]["base"]).resolve():
+        raise SystemExit(f"{path}: its base policy {row['base_policy']} is not this benchmark's {meta['artifacts']['base']}")
+    if (row["episodes_per_task"], row.get("nominal_episodes_per_task") or row["episodes_per_task"]) != (
+            meta["episodes_per_task"], nominal_n(meta)):
+        raise SystemExit(f"{path}: evaluated with other episodes per task than this benchmark")
+    return {"file": path, "success": row["success"]["act"], "base": row["success"]["base"], "train": row["act_train"],
+            "base_train": row["base_train"], "evaluation_seconds": row["evaluation_seconds"]}
+
+
+def _peer_lines(result: dict) -> list[str]:
+    peer = result.get("peer")
+    if not peer:
+        return []
+    a = result["analysis"]
+    nominal = next(r for r in a["rows"] if r["suite"] == "nominal")
+    pert = next((r for r in a["rows"] if r["suite"] == "perturbed (mean)"), None)
+    tr, bt = peer["train"], peer["base_train"]
+    return [
+        "## Beside a peer: LeRobot's ACT on the same data, CPU time and episodes", "",
+        f"From `{peer['file']}` (`benchmarks/peer_act.py`: lerobot 0.4.4's ACT, ResNet-18 from scratch, trained "
+        f"for the base policy's BC wall time at the same thread count; evaluated on the same episodes).", "",
+        "| policy | parameters | training | nominal | perturbed mean |", "|---|---|---|---|---|",
+        f"| base (our BC) | {bt['num_parameters']:,} | {bt['steps']} steps, {bt['seconds']:.0f} s | "
+        f"{_pct(nominal['base'])} | {_pct(pert['base'] if pert else None)} |",
+        f"| RFT (mean of seeds) | same | + RFT runs below | {_pct(nominal['rft_mean'])} | "
+        f"{_pct(pert['rft_mean'] if pert else None)} |",
+        f"| ACT (LeRobot) | {tr['num_parameters']:,} | {tr['steps']} steps, {tr['wall_seconds']:.0f} s | "
+        f"{_pct(peer['success']['overall']['nominal'])} | {_pct(peer['success']['overall']['perturbed'])} |", ""]
+
+
 def _crossed_lines(a: dict) -> list[str]:
     nominal = next((r for r in a["rows"] if r["suite"] == "nominal"), None)
     c = nominal.get("gain_crossed") if nominal else None
@@ -290,6 +323,7 @@ def render(result: dict) -> str:
             for r in a["rows"] if r["suite"] in ("nominal", "perturbed (mean)")),
         "",
         *_crossed_lines(a),
+        *_peer_lines(result),
         "## Nominal, per task (%)",
         "",
         "| task | base | RFT per seed | RFT mean | control | expert |",
@@ -420,6 +454,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-control", action="store_true", help="skip the shuffled-advantage control run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
+    ap.add_argument("--peer-act", default=None, metavar="PEER_ACT_JSON",
+                    help="benchmarks/peer_act.py's result for the same base policy and episodes: its row is shown "
+                         "beside base and RFT (also with --render-only)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite --out from its JSON (after a change to the table's format); runs nothing")
     args = ap.parse_args()
@@ -428,6 +465,8 @@ def main() -> None:
         result = json.loads(out.with_suffix(".json").read_text())
         arts = result["meta"]["artifacts"]
         result["analysis"] = _analyse_stored(arts.get("evaluations") or arts["evaluation"], result["analysis"]["rft"])
+        if args.peer_act:
+            result["peer"] = peer_row(args.peer_act, result["meta"])
         out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
         out.write_text(render(result))
         print(out.read_text())
@@ -476,6 +515,8 @@ def main() -> None:
         },
         "analysis": analysis,
     }
+    if args.peer_act:
+        result["peer"] = peer_row(args.peer_act, result["meta"])
     write_result(Path(args.out), result, render)
 
 

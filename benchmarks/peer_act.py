@@ -15,7 +15,9 @@ the tasks apart. It learns the clean ``expert_action`` labels, as our BC does.
 2. trains ACT for the base policy's BC wall time at the same torch thread count (read from the base
    policy's ``bc_summary.json``; ``--budget-seconds`` overrides) on the train episodes;
 3. evaluates ACT and the base policy in one ``run_evaluation`` call, so both face the same seeded
-   episodes of every suite in ``evaluate`` (the scripted expert as the reference);
+   episodes of every suite in ``evaluate`` (the scripted expert as the reference); with
+   ``--base-evaluation EVAL`` (the pipeline's evaluation) only ACT runs and base and expert come
+   from EVAL, after checking that it ran these episodes on this base policy;
 4. writes ``<work>/peer_act.json``: success per suite for both, ACT's training steps, wall and CPU
    seconds, parameter count, final loss.
 """
@@ -49,6 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, help="our dataset artifact (the one the base policy learned from)")
     p.add_argument("--base-policy", required=True, help="our BC policy: its BC time is the budget")
     p.add_argument("--work", required=True, help="export, checkpoint-free training and results go here")
+    p.add_argument("--base-evaluation", default=None,
+                    help="an evaluation artifact that holds --base-policy (as 'base') and the expert on this "
+                         "profile's episodes, e.g. the pipeline's: only ACT is evaluated then (checked: same "
+                         "evaluate and sim settings, same base policy content)")
     p.add_argument("--budget-seconds", type=float, default=None, help="default: the base policy's BC seconds")
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -130,6 +136,43 @@ def train_act(args, cfg, export_dir: Path, budget: float) -> tuple[object, objec
     return policy, preprocessor, postprocessor, summary
 
 
+def reused_results(args, cfg, base_manifest: dict, work: Path) -> list:
+    """Base and expert outcomes from ``--base-evaluation``, refused unless they are this run's episodes
+    and this base policy."""
+    import csv
+
+    from vla_rft.evaluation.configuration import Suite
+    from vla_rft.evaluation.runner import EpisodeResult, EvalResults
+    from vla_rft.registry import content_hash
+
+    eval_dir, manifest = storage.read_artifact(args.base_evaluation, expected_kind="evaluation",
+                                               cache_dir=work / "cache")
+    rec = manifest["config"]
+    for key, mine in (("evaluate", cfg.section("evaluate")), ("sim", cfg.section("sim")),
+                      ("chunk_len", cfg.common.chunk_len)):
+        if rec.get(key) != mine:
+            raise SystemExit(f"--base-evaluation {args.base_evaluation}: its {key} settings differ from this "
+                             f"run's ({rec.get(key)!r} vs {mine!r}): not the same episodes")
+    base = rec.get("evaluated", {}).get("base")
+    if not base or base["content_sha256"] != content_hash(base_manifest):
+        raise SystemExit(f"--base-evaluation {args.base_evaluation}: its 'base' is not {args.base_policy}")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    with open(eval_dir / "episodes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    suites = [Suite(**x) for x in metrics["suites"]]
+    out = []
+    for name in ("base", "expert"):
+        m = metrics["policies"][name]
+        eps = [EpisodeResult(r["suite"], r["task"], int(r["episode"]), int(r["seed"]), r["success"] == "1",
+                             int(r["steps"]), int(r["steps_to_success"]) if r["steps_to_success"] else None, [])
+               for r in rows if r["policy"] == name]
+        na = [(s, t) for s, cells in m["cells"].items() for t, c in cells.items() if not c["applicable"]]
+        out.append(EvalResults(name, list(metrics["tasks"]), suites, eps, na, [], m["episodes_per_task"],
+                               m["max_episode_steps"], m["seed_base"], m["chunk_len"], m["seconds"],
+                               nominal_episodes_per_task=m.get("nominal_episodes_per_task", 0)))
+    return out
+
+
 def act_actor(policy, preprocessor, postprocessor, camera_key: str):
     """Our evaluation's ``act(frames, states, task_index) -> (B, K, A)`` around ACT (the task is not an input)."""
     import torch
@@ -153,7 +196,8 @@ def main(argv=None) -> int:
     if not (export_dir / "meta" / "info.json").exists():
         print(f"peer_act: exporting {args.dataset} to {export_dir}")
         stages.export_lerobot(cfg, args.dataset, str(export_dir))
-    base_dir, _ = storage.read_artifact(args.base_policy, expected_kind="policy", cache_dir=work / "cache")
+    base_dir, base_manifest = storage.read_artifact(args.base_policy, expected_kind="policy", cache_dir=work / "cache")
+    reused = reused_results(args, cfg, base_manifest, work) if args.base_evaluation else None
     bc = json.loads((base_dir / "bc_summary.json").read_text())
     budget = args.budget_seconds if args.budget_seconds is not None else float(bc["seconds"])
     print(f"peer_act: training ACT for {budget:.1f} s (base BC: {bc['seconds']} s, {bc['steps']} steps)")
@@ -171,10 +215,12 @@ def main(argv=None) -> int:
     base = VLAPolicy.from_pretrained(base_dir, device="cpu")
     order = np.asarray([base.instructions.index(TASKS[t].instruction) for t in cfg.sim.tasks])
     acts = {"base": lambda f, s, ti: base.act(f, s, order[ti]), "act": act_actor(policy, pre, post, camera)}
+    if reused:
+        acts = {"act": acts["act"]}
     start = time.time()
     results = run_evaluation(acts, cfg.sim.tasks, cfg.evaluate, cfg.sim, chunk_len=cfg.common.chunk_len,
-                             progress=sys.stderr.isatty())
-    metrics = compute_metrics(results, comparisons=[("act", "base")])
+                             progress=sys.stderr.isatty(), expert=not reused)
+    metrics = compute_metrics([*results, *(reused or [])], comparisons=[("act", "base")])
     row = {
         "profile": cfg.profile, "dataset": args.dataset, "base_policy": args.base_policy,
         "tasks": list(cfg.sim.tasks), "episodes_per_task": cfg.evaluate.episodes_per_task,
@@ -185,6 +231,8 @@ def main(argv=None) -> int:
         "act_train": train,
         "base_train": {k: bc.get(k) for k in ("steps", "seconds", "num_parameters")},
         "evaluation_seconds": round(time.time() - start, 1),
+        "nominal_episodes_per_task": cfg.evaluate.nominal_episodes,
+        "base_evaluation": args.base_evaluation,  # base and expert outcomes came from there (None: run here)
     }
     (work / "peer_act.json").write_text(json.dumps(row, indent=2))
     for name in ("act", "base", "expert"):

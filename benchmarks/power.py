@@ -1,6 +1,6 @@
 """Evaluation power: how wide is the headline's interval on the nominal gain, for a given design?
 
-    .venv/bin/python benchmarks/power.py                      # inputs: benchmarks/results.json
+    .venv/bin/python benchmarks/power.py                      # inputs: benchmarks/results.json (the MT10 headline)
     .venv/bin/python benchmarks/power.py --base-eval runs/std/evaluation \
         --episodes-per-second 4.1 --rft-minutes 5.5
 
@@ -129,6 +129,11 @@ def episodes_per_policy(n: int, tasks: list[str], perturbed: int | None = None) 
                for s in suite_table().values() for t in tasks)
 
 
+def _rel(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results.json"))
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = ["# Evaluation power for the headline (nominal gain, base vs RFT over S seeds, paired)", "",
              f"`{out['command']}`", "",
-             f"Calibrated on `benchmarks/results.json` ({len(cal['tasks'])} tasks, n={cal['episodes_per_task']}, "
+             f"Calibrated on `{_rel(args.results)}` ({len(cal['tasks'])} tasks, n={cal['episodes_per_task']}, "
              f"S={cal['seeds']}): phi = {cal['phi']:.2f} (paired episode variance {cal['v_paired']:.3f} vs "
              f"{cal['v_indep']:.3f} independent), kappa = {cal['kappa']:.3f}. The model's half-width for the "
              f"measured design: {check:.1f} points; the headline's t-interval over seeds: "

@@ -49,23 +49,31 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
     @dsl.component(base_image=image, install_kfp_package=False)
     def prepare_data(config_json: str, dataset: Output[Dataset], summary: Output[Markdown]
                      ) -> NamedTuple("Outputs", [("episodes", int), ("expert_success", float)]):
-        """Record scripted-expert episodes in Meta-World as a Parquet dataset."""
+        """Record scripted-expert episodes in Meta-World as a Parquet dataset (or take ``data.source``'s).
+
+        ``expert_success`` is -1 where the dataset records no expert rollouts (e.g. an imported LeRobot
+        dataset): KFP cannot serialise NaN into metadata or outputs."""
+        import math
         from collections import namedtuple
 
         from vla_rft import stages
         from vla_rft.components import outputs
 
         result = stages.prepare_data(outputs.stage_config(config_json), dataset.path, overwrite=True, progress=False)
-        dataset.metadata.update({k: result[k] for k in ("episodes", "frames", "expert_success")})
+        known = math.isfinite(result["expert_success"])
+        dataset.metadata.update({k: result[k] for k in ("episodes", "frames")})
+        if known:
+            dataset.metadata["expert_success"] = result["expert_success"]
         rows = [("episodes (train / val)", f"{result['episodes']} ({result['splits']['train']} / "
                                            f"{result['splits']['val']})"),
-                ("frames", result["frames"]), ("expert success", f"{result['expert_success']:.1%}")]
+                ("frames", result["frames"]),
+                ("expert success", f"{result['expert_success']:.1%}" if known else "n/a (no expert rollouts recorded)")]
         rows += [(f"expert success: {task}", f"{s['success_rate']:.0%}") for task, s in result["expert_per_task"].items()]
         rows += [("size (MiB)", result["size_bytes"] / 2**20), ("seconds", result["seconds"])]
         with open(summary.path, "w") as f:
             f.write("# prepare-data\n\n" + outputs.markdown_table(rows))
-        return namedtuple("Outputs", ["episodes", "expert_success"])(int(result["episodes"]),
-                                                                     float(result["expert_success"]))
+        return namedtuple("Outputs", ["episodes", "expert_success"])(
+            int(result["episodes"]), float(result["expert_success"]) if known else -1.0)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def train_world_model(config_json: str, dataset: Input[Dataset], world_model: Output[Model],

@@ -100,3 +100,19 @@ def test_a_reused_evaluation_is_combined_with_renamed_policies(tmp_path):
                         EvaluateConfig(episodes_per_task=2, suites=["nominal", "robot-5cm"]))
     with pytest.raises(SystemExit, match="other suites or episodes"):
         headline.combined_evaluation([pipeline, other])
+
+
+def test_the_peer_row_must_share_the_base_policy_and_the_episodes(tmp_path):
+    meta = {"artifacts": {"base": str(tmp_path / "bc")}, "episodes_per_task": 10, "nominal_episodes_per_task": 50}
+    row = {"base_policy": str(tmp_path / "bc"), "episodes_per_task": 10, "nominal_episodes_per_task": 50,
+           "success": {"act": {"overall": {"nominal": 0.4, "perturbed": 0.3}}, "base": {}},
+           "act_train": {"steps": 5}, "base_train": {"steps": 9}, "evaluation_seconds": 1.0}
+    path = tmp_path / "peer.json"
+    path.write_text(json.dumps(row))
+    assert headline.peer_row(str(path), meta)["success"]["overall"]["nominal"] == 0.4
+    path.write_text(json.dumps({**row, "base_policy": str(tmp_path / "other")}))
+    with pytest.raises(SystemExit, match="base policy"):
+        headline.peer_row(str(path), meta)
+    path.write_text(json.dumps({**row, "nominal_episodes_per_task": 0}))  # 10 everywhere: other episodes
+    with pytest.raises(SystemExit, match="other episodes"):
+        headline.peer_row(str(path), meta)

@@ -165,15 +165,17 @@ def test_import_cli_reports_a_named_error(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_dataset_written_by_lerobot_imports_and_runs_the_quick_stages(tiny_dataset, tmp_path):
-    """A LeRobot user's dataset (lerobot's own writer, 128x128 frames, none of our extras) through our stages."""
+def test_dataset_written_by_lerobot_imports_and_runs_the_quick_pipeline(tiny_dataset, tmp_path):
+    """A LeRobot user's dataset (lerobot's own writer, 128x128 frames, none of our extras), imported, then
+    the whole quick pipeline under kfp.local trains and evaluates on it (``data_source`` = the import)."""
     root, _ = tiny_dataset
     ours = load_dataset(root)
     theirs = tmp_path / "theirs"
     _lerobot(tmp_path, "write", str(root), str(theirs), "128", "128")
-    cfg = _cfg("world_model.steps=10", "world_model.eval_chunks=16", "world_model.gif_chunks=1", "policy.steps=20",
-               "policy.eval_chunks=32", "rft.steps=2", "rft.verify_states=0", "evaluate.episodes_per_task=1",
-               "evaluate.suites=[nominal]")
+    small = ["world_model.steps=10", "world_model.eval_chunks=16", "world_model.gif_chunks=1", "policy.steps=20",
+             "policy.eval_chunks=32", "rft.steps=2", "rft.verify_states=0", "evaluate.episodes_per_task=1",
+             "evaluate.suites=[nominal]"]  # rft.verify_states=0: imported episodes have no seeds to replay
+    cfg = _cfg(*small)
     s = stages.import_lerobot(cfg, str(theirs), str(tmp_path / "dataset"))
     notes = s["notes"]
     assert notes["camera"] == "observation.images.front" and notes["resized_from"] == [128, 128]
@@ -186,11 +188,26 @@ def test_dataset_written_by_lerobot_imports_and_runs_the_quick_stages(tiny_datas
     assert err < 6.0 and err < np.abs(data.images[10:].astype(int) - ours.images[:-10].astype(int)).mean()
     assert data.info["source"]["format"] == "lerobot/v3.0"
 
-    ds, wm, bc, rl = (str(tmp_path / n) for n in ("dataset", "wm", "bc", "rft"))
-    stages.train_world_model(cfg, ds, wm, progress=False)
-    stages.pretrain_policy(cfg, ds, bc, progress=False)
-    stages.rft(cfg, ds, wm, bc, rl, verify=False, progress=False)  # imported episodes have no seeds to replay
-    result = stages.evaluate(cfg, {"base": bc, "rft": rl}, str(tmp_path / "evaluation"), progress=False)
-    overall = {n: e["overall"] for n, e in result["metrics"]["policies"].items()}
-    assert set(overall) == {"base", "rft", "expert"} and overall["expert"]["nominal"] == 1.0
-    assert all(0.0 <= overall[n]["nominal"] <= 1.0 for n in ("base", "rft"))
+    cmd = [sys.executable, "-m", "vla_rft.cli", "pipeline", "run", "--local", "--profile", "quick",
+           "--pipeline-root", str(tmp_path / "kfp"), "--summary-json", str(tmp_path / "run.json"),
+           "--param", f"data_source={tmp_path / 'dataset'}", "--param", f"registry={tmp_path / 'registry'}"]
+    for item in [TASKS, *small]:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "MUJOCO_GL": "osmesa"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    run_dir = Path(run["run_dir"])
+    # the run trained on the imported artifact: its dataset is a verified copy of it, and no episode was recorded
+    used, manifest = storage.read_artifact(str(run_dir / "prepare-data" / "dataset"), expected_kind="dataset")
+    from vla_rft.registry import content_hash
+
+    assert manifest["config"]["source"]["uri"] == str(tmp_path / "dataset")
+    assert manifest["config"]["source"]["content_sha256"] == content_hash(storage.read_manifest(str(tmp_path / "dataset")))
+    assert load_dataset(used).info["source"]["format"] == "lerobot/v3.0"
+    assert np.array_equal(load_dataset(used).actions, data.actions)
+    metrics = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    assert set(metrics["policies"]) == {"base", "rft", "expert"} and metrics["tasks"] == ["push", "drawer-open"]
+    assert metrics["policies"]["expert"]["overall"]["nominal"] == 1.0
+    assert all(0.0 <= metrics["policies"][n]["overall"]["nominal"] <= 1.0 for n in ("base", "rft"))
+    assert len(list((tmp_path / "registry" / "decisions").glob("*.json"))) == 1
