@@ -86,8 +86,7 @@ def _paired_bootstrap(episodes: list[dict], policy: str, base: str, suites: list
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
-def crossed_interval(episodes: list[dict], policies: list[str], base: str, suite: str,
-                     level_t: dict[int, float] | None = None) -> dict:
+def crossed_interval(episodes: list[dict], policies: list[str], base: str, suite: str) -> dict:
     """95 % interval of the gain on ``suite`` (mean over seeds of policy - base, paired on the same
     episodes) that counts both noise sources: which seeds RFT ran with, and which episodes were drawn.
 
@@ -126,8 +125,8 @@ def crossed_interval(episodes: list[dict], policies: list[str], base: str, suite
     terms = [(ms_e, N - 1)] + ([(ms_s, S - 1), (ms_se, (S - 1) * (N - 1))] if seed_part > 0 else [])
     denom = sum(ms ** 2 / df for ms, df in terms if df > 0)
     dof = (sum(ms if i < 2 else -ms for i, (ms, _) in enumerate(terms)) ** 2 / denom) if denom > 0 else math.inf
-    table = level_t or T_975
-    t = 1.96 if dof > 120 else table.get(int(dof)) or table[max(k for k in table if k <= max(1, int(dof)))]
+    # the next smaller tabulated dof (conservative)
+    t = 1.96 if dof > 120 else T_975[max(k for k in T_975 if k <= max(1, int(dof)))]
     half = t * math.sqrt(var)
     return {"gain": grand, "ci": (grand - half, grand + half), "half_width": half, "dof": dof, "seeds": S,
             "episodes": N, "ms_seeds": ms_s, "ms_episodes": ms_e, "ms_residual": ms_se}
@@ -243,8 +242,7 @@ def peer_row(path: str, meta: dict) -> dict:
     row = json.loads(Path(path).read_text())
     if Path(row["base_policy"]).resolve() != Path(meta["artifacts"]["base"]).resolve():
         raise SystemExit(f"{path}: its base policy {row['base_policy']} is not this benchmark's {meta['artifacts']['base']}")
-    if (row["episodes_per_task"], row.get("nominal_episodes_per_task") or row["episodes_per_task"]) != (
-            meta["episodes_per_task"], nominal_n(meta)):
+    if (row["episodes_per_task"], nominal_n(row)) != (meta["episodes_per_task"], nominal_n(meta)):
         raise SystemExit(f"{path}: evaluated with other episodes per task than this benchmark")
     return {"file": path, "success": row["success"]["act"], "base": row["success"]["base"], "train": row["act_train"],
             "base_train": row["base_train"], "evaluation_seconds": row["evaluation_seconds"]}
@@ -420,7 +418,11 @@ def evaluate_each(cfg, policies: dict[str, str], work: Path, reused: list[str] =
 
 
 def _analyse_stored(evaluations: str | list[str], summaries: dict) -> dict:
-    metrics, episodes = combined_evaluation([evaluations] if isinstance(evaluations, str) else evaluations)
+    return _analyse_combined(*combined_evaluation([evaluations] if isinstance(evaluations, str) else evaluations),
+                             summaries)
+
+
+def _analyse_combined(metrics: dict, episodes: list[dict], summaries: dict) -> dict:
     rft_names = [n for n in metrics["policies"] if n.startswith("rft-")]
     control = next((n for n in metrics["policies"] if n.startswith("control-")), None)
     return analyse(metrics, episodes, rft_names, control, summaries)
@@ -500,8 +502,9 @@ def main() -> None:
 
     policies = {"base": base, **uris}
     evaluations = evaluate_each(cfg, policies, work, args.reuse_evaluation)
-    analysis = _analyse_stored(evaluations, summaries)
-    base_entry = combined_evaluation(evaluations)[0]["policies"]["base"]
+    metrics, episodes = combined_evaluation(evaluations)
+    analysis = _analyse_combined(metrics, episodes, summaries)
+    base_entry = metrics["policies"]["base"]
     result = {
         "meta": {
             "command": "python benchmarks/headline.py " + " ".join(sys.argv[1:]),
