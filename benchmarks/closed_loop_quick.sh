@@ -14,5 +14,5 @@ mkdir -p $R
 [ -e $R/rollouts ] || $V collect-rollouts --profile quick --policy $R/bc --out $R/rollouts --summary-json $R/rollouts.json
 [ -e $R/judge ] || $V train-success-model --profile quick --dataset $R/data --dataset $R/rollouts --out $R/judge --summary-json $R/judge.json
 [ -e $R/wm ] || $V train-world-model --profile quick --dataset $R/data --out $R/wm
-[ -e $R/wm_g ] || $V train-world-model --profile quick --set world_model.steps=50 --dataset $R/data --dataset $R/rollouts --init-from $R/wm --out $R/wm_g
+[ -e $R/wm_g ] || $V train-world-model --profile quick --dataset $R/data --dataset $R/rollouts --init-from $R/wm --out $R/wm_g
 [ -e $R/rft_ep ] || $V rft --profile quick --set rft.mode=episode --dataset $R/data --rollouts $R/rollouts --world-model $R/wm_g --policy $R/bc --success-model $R/judge --out $R/rft_ep --summary-json $R/rft_ep.json

@@ -68,6 +68,13 @@ def test_closed_loop_imagination_feeds_predicted_frames_back(data):
     assert torch.equal(ep.context_states[:, 2], ep.states[:, 1])
     open_loop = act(images, states, tasks, 0)
     assert not torch.allclose(ep.actions[:, 2], open_loop)  # closed loop acts differently from open loop
+    # decoding only each chunk's last frame gives the last frame and state of decoding all K
+    for h in range(3):
+        frames, rolled = wm.rollout(ep.context_images[:, h], ep.actions[:, h].clamp(-1, 1), ep.context_states[:, h],
+                                    return_states=True)
+        full_last = torch.round(frames[:, -1] * 255).to(torch.uint8)
+        assert (full_last.int() - ep.last_frames[:, h].int()).abs().max() <= 1
+        assert torch.allclose(rolled[:, -1], ep.states[:, h], atol=1e-4)
     with pytest.raises(ValueError, match="act returned actions of shape"):
         imagine_episodes(wm, lambda i, s, t, h: torch.zeros(len(i), 3, 4), images, states, tasks, horizon=1)
 
@@ -208,8 +215,8 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     dataset, (roll, policy_dir, _) = str(tiny_dataset[0]), rollouts
     sets = SETS + [f"world_model.{k}={v}" for k, v in (("channels", "[8, 16, 32]"), ("patch_size", 2),
                    ("hidden_size", 32), ("num_layers", 1), ("num_heads", 2), ("frame_channels", 8), ("cond_size", 16),
-                   ("steps", 2), ("batch_size", 4), ("warmup_steps", 1), ("eval_chunks", 8), ("eval_batch_size", 8),
-                   ("gif_chunks", 1), ("log_interval", 1), ("checkpoint_interval", 0))]
+                   ("steps", 2), ("ground_steps", 3), ("batch_size", 4), ("warmup_steps", 1), ("eval_chunks", 8),
+                   ("eval_batch_size", 8), ("gif_chunks", 1), ("log_interval", 1), ("checkpoint_interval", 0))]
     sets += ["success_model.steps=4", "success_model.channels=[8, 8]", "success_model.hidden_size=8",
              "success_model.batch_size=8", "rft.mode=episode", "rft.steps=1", "rft.batch_starts=2", "rft.group_size=2",
              "rft.horizon=1", "rft.honesty_episodes_per_task=1", "rft.checkpoint_interval=1"]
@@ -219,6 +226,7 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     g = stages.ground_world_model(cfg, dataset, str(roll), str(tmp_path / "wm"), str(tmp_path / "wm_g"), progress=False)
     manifest = storage.read_manifest(str(tmp_path / "wm_g"))
     assert manifest["config"]["init_from"] == str(tmp_path / "wm") and len(manifest["config"]["dataset"]) == 2
+    assert g["train"]["steps"] == 3  # world_model.ground_steps, not world_model.steps
     assert g["train"]["train_chunks"] > stages.train_world_model(
         cfg, dataset, str(tmp_path / "wm2"), progress=False)["train"]["train_chunks"]
     sm = stages.train_success_model(cfg, [dataset, str(roll)], str(tmp_path / "judge"), progress=False)

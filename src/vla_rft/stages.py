@@ -233,8 +233,11 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
     """Train the action-conditioned video model, score it on val episodes, publish model + report.
 
     ``dataset_uri`` may list several datasets (expert data + policy rollouts: trained on together);
-    ``init_from`` names a world model to fine-tune instead of starting from scratch.
+    ``init_from`` names a world model to fine-tune instead of starting from scratch, for
+    ``world_model.ground_steps`` steps (0: ``world_model.steps``) with the same schedule shape.
     """
+    import dataclasses
+
     from vla_rft.data import concat_datasets
     from vla_rft.world_model.evaluate import evaluate_world_model
     from vla_rft.world_model.modeling import WorldModel
@@ -244,6 +247,9 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
     if not uris:
         raise ValueError("train-world-model needs at least one --dataset")
     _refuse_existing(out_uri, "world model", overwrite)
+    if init_from and cfg.world_model.ground_steps:
+        cfg = dataclasses.replace(cfg, world_model=dataclasses.replace(cfg.world_model,
+                                                                       steps=cfg.world_model.ground_steps))
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-wm-") as tmp:
         cache = Path(tmp) / "cache"
@@ -854,7 +860,8 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
 def ground_world_model(cfg: Config, dataset_uri: str, rollouts_uri: str, init_from: str, out_uri: str, *,
                        overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
                        progress: bool = True) -> dict[str, Any]:
-    """The expert-trained world model fine-tuned on expert data + the policy's rollouts (it sees failure)."""
+    """The expert-trained world model fine-tuned on expert data + the policy's rollouts (it sees failure),
+    for ``world_model.ground_steps`` steps."""
     return train_world_model(cfg, [dataset_uri, rollouts_uri], out_uri, overwrite=overwrite,
                              checkpoint_dir=checkpoint_dir, restart=restart, progress=progress, init_from=init_from)
 

@@ -76,6 +76,9 @@ class WorldModelConfig:
     batch_size: int = 32
     #: optimisation steps
     steps: int = 2000
+    #: steps of a fine-tune from a trained model (``--init-from``; ground-world-model: expert data +
+    #: the policy's rollouts), same schedule shape; 0 = ``steps``
+    ground_steps: int = 500
     #: future frames decoded (and scored) per chunk in a training step, drawn at random from the
     #: K; fewer is cheaper per step (the decoder dominates the cost). 0 = all K
     train_frames: int = 4
@@ -130,7 +133,7 @@ class WorldModelConfig:
             fail("lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             fail("min_lr_ratio", "must be in [0, 1]")
-        for name in ("warmup_steps", "train_frames", "checkpoint_interval", "eval_chunks", "gif_chunks",
+        for name in ("warmup_steps", "ground_steps", "train_frames", "checkpoint_interval", "eval_chunks", "gif_chunks",
                      "grad_clip", "moving_weight", "mse_weight", "state_loss_weight"):
             if getattr(self, name) < 0:
                 fail(name, "must be >= 0")

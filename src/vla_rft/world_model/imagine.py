@@ -5,7 +5,8 @@ The world model knows no policy: ``act`` is a callable ``act(images, states, tas
 chunk number) returning an action chunk (N, K, A). The world model sees it clipped to [-1, 1]
 (what the real env executes), predicts K frames and the proprio state after each action; the last
 frame (rounded to 8 bits, like a rendered frame) and the last predicted state are what ``act``
-sees next. After WMPO (23-48 chunks of 8 from real initial frames) and WoVR (32 chunks, also from
+sees next. Only that last frame is decoded (each frame is decoded from the context on its own, so
+it is the frame :meth:`WorldModel.rollout` would give; the decoder dominates the cost). After WMPO (23-48 chunks of 8 from real initial frames) and WoVR (32 chunks, also from
 keyframes inside demonstrations); start frames here are any real frames + states.
 """
 
@@ -16,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from vla_rft.world_model.modeling import WorldModel
+from vla_rft.world_model.modeling import CPU_MICRO_BATCH, WorldModel
 
 ActFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -48,14 +49,30 @@ def imagine_episodes(world_model: WorldModel, act: ActFn, start_images: torch.Te
         if chunk.shape != (len(images), k, world_model.action_dim):
             raise ValueError(f"act returned actions of shape {tuple(chunk.shape)}; expected "
                              f"({len(images)}, {k}, {world_model.action_dim})")
-        frames, pred_states = world_model.rollout(images, chunk.clamp(-1, 1), states, return_states=True,
-                                                  micro_batch=micro_batch)
+        last, last_state = last_frame(world_model, images, chunk.clamp(-1, 1), states, micro_batch)
         ctx_i.append(images)
         ctx_s.append(states)
         acts.append(chunk.cpu())
-        images = torch.round(frames[:, -1].cpu() * 255).to(torch.uint8)
-        states = pred_states[:, -1].float().cpu()
+        images = torch.round(last * 255).to(torch.uint8)
+        states = last_state
         lasts.append(images)
         ends.append(states)
     return ImaginedEpisodes(torch.stack(ctx_i, 1), torch.stack(ctx_s, 1), torch.stack(acts, 1),
                             torch.stack(lasts, 1), torch.stack(ends, 1))
+
+
+@torch.no_grad()
+def last_frame(world_model: WorldModel, images: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
+               micro_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame (N, 3, h, w) float in [0, 1] and state (N, S) after one chunk (N, K, A), decoding only
+    the last of the K frames; in micro-batches as :meth:`WorldModel.rollout` runs them."""
+    n, k = len(images), world_model.chunk_len
+    step = micro_batch or (CPU_MICRO_BATCH if world_model.device.type == "cpu" else n)
+    frames, out_states = [], []
+    for lo in range(0, n, step):
+        part = images[lo:lo + step]
+        out = world_model(part, actions[lo:lo + step], states[lo:lo + step],
+                          frame_index=torch.full((len(part), 1), k - 1, dtype=torch.long))
+        frames.append(out.frames[:, -1].clamp(0, 1).cpu())
+        out_states.append(out.states[:, -1].float().cpu())
+    return torch.cat(frames), torch.cat(out_states)
