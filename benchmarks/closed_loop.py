@@ -189,9 +189,9 @@ def render(result: dict) -> str:
         lines.append(f"| {t['task']} | {_pct(t['base'], 0)} | " + " | ".join(_pct(t.get(m), 0) for m in methods) + " |")
     h, j = result.get("honesty"), result.get("success_model")
     lines += ["", "## Is the imagined outcome honest?", ""]
+    num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     if j:
         auc = j["auc"]
-        num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
         lines.append(f"Success model: AUC {num(auc.get('all'))} on held-out real frames (val episodes; policy "
                      f"rollouts alone {num(auc.get('source_policy'))}, expert {num(auc.get('source_expert'))}), "
                      f"threshold {j['threshold']:.3f} (rule {j.get('rule')}).  ")
@@ -201,8 +201,10 @@ def render(result: dict) -> str:
                      f"correlate {'n/a' if corr is None else format(corr, '.2f')} (target >= 0.8), mean absolute "
                      f"difference {_pct(h['mean_abs_difference'])} points; hallucination: imagined success on "
                      f"{_pct(h['hallucination_rate'])} % of real failures, {_pct(h['hallucinated_episodes'])} % of all "
-                     f"episodes imagined successful and really failed (target <= 10 %); imagined success on "
-                     f"{_pct(h['imagined_success_on_real_success'])} % of real successes.")
+                     f"episodes imagined successful and really failed (target <= 10 %), "
+                     f"{_pct(h.get('false_success_share'))} % of imagined successes really failed; imagined success "
+                     f"on {_pct(h['imagined_success_on_real_success'])} % of real successes; the judge's AUC on the "
+                     f"imagined frames against the real outcome {num(h.get('imagined_auc'))}.")
         lines += ["", "| task | episodes | imagined | real |", "|---|---|---|---|"]
         lines += [f"| {t} | {v['episodes']} | {_pct(v['imagined_success'], 0)} | {_pct(v['real_success'], 0)} |"
                   for t, v in h["per_task"].items()]

@@ -146,7 +146,8 @@ def test_honesty_numbers_by_hand_and_the_warning():
     h = honesty_from_outcomes(tasks, task_of, imagined, real)
     assert h["per_task"]["push"] == {"episodes": 4, "imagined_success": 1.0, "real_success": 0.25}
     assert h["mean_abs_difference"] == pytest.approx((0.75 + 0.25) / 2)
-    assert h["hallucination_rate"] == pytest.approx(4 / 5)
+    assert h["hallucination_rate"] == pytest.approx(4 / 5)  # of 5 real failures, 4 imagined successful
+    assert h["hallucinated_episodes"] == pytest.approx(4 / 8) and h["false_success_share"] == pytest.approx(4 / 7)
     assert h["warnings"] and "cannot tell success from failure" in h["warnings"][0]
     honest = honesty_from_outcomes(tasks, task_of, real.copy(), real)
     assert honest["hallucination_rate"] == 0 and not honest["warnings"] and honest["mean_abs_difference"] == 0
@@ -238,6 +239,7 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
                    success_model_uri=str(tmp_path / "judge"), rollouts_uri=str(roll))
     honesty = json.loads((tmp_path / "rft" / "honesty.json").read_text())
     assert honesty["episodes"] == 2 and honesty["seeds"] == [900_000, 900_001]
+    assert {"imagined_auc", "false_success_share", "hallucination_rate"} <= set(honesty)
     assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"
     assert (tmp_path / "rft" / "model.safetensors").exists()
 

@@ -211,6 +211,10 @@ def _check_summary_path(path: Path) -> None:
         raise ConfigError(f"--summary-json {path}: {parent} is not a writable directory")
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else format(x, ".0%")
+
+
 def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
     t, h = s["train"], s["honesty"] or {}
     print(f"rft (episode): {t['steps']} GRPO steps{' (resumed)' if s['resumed'] else ''}, "
@@ -223,7 +227,9 @@ def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
         print(f"rft (episode): honesty: imagined {h['imagined_success']:.0%} vs real {h['real_success']:.0%}, "
               f"mean |diff| per task {h['mean_abs_difference']:.2f}, correlation "
               f"{'n/a' if corr is None else format(corr, '.2f')}, hallucination rate "
-              f"{'n/a' if halluc is None else format(halluc, '.0%')}")
+              f"{'n/a' if halluc is None else format(halluc, '.0%')} of real failures, "
+              f"{_share(h.get('false_success_share'))} of imagined successes really failed, imagined AUC "
+              f"{'n/a' if h.get('imagined_auc') is None else format(h['imagined_auc'], '.2f')}")
         for line in h["warnings"]:
             print(f"rft (episode): {line}")
     return _write_summary(args, s)

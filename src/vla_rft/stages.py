@@ -944,7 +944,8 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         if honesty is not None:
             (out / "honesty.json").write_text(json.dumps(honesty, indent=2))
             summary["honesty"] = {k: honesty[k] for k in ("correlation_across_tasks", "mean_abs_difference",
-                                                          "hallucination_rate", "warnings")}
+                                                          "hallucination_rate", "false_success_share",
+                                                          "imagined_auc", "warnings")}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
         storage.write_artifact(out, out_uri, kind="policy", config={
             "profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],

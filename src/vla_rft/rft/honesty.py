@@ -15,6 +15,7 @@ import torch
 from vla_rft.rft.episode import episode_outcomes
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
+from vla_rft.success.train import roc_auc
 from vla_rft.tasks import TASKS
 from vla_rft.world_model.imagine import imagine_episodes
 
@@ -44,6 +45,8 @@ def honesty_from_outcomes(tasks: list[str], task_of: np.ndarray, imagined: np.nd
         "mean_abs_difference": float(np.abs(im - re).mean()) if len(im) else None,
         "hallucination_rate": halluc,  #: P(imagined success | real failure)
         "hallucinated_episodes": float((imagined & ~real).mean()) if len(real) else None,  #: P(imagined success, real failure)
+        #: P(real failure | imagined success): how often a success reward RFT would get is false
+        "false_success_share": float((~real[imagined]).mean()) if imagined.any() else None,
         "imagined_success_on_real_success": detect,
         "imagined_success": float(imagined.mean()), "real_success": float(real.mean()), "warnings": warnings,
     }
@@ -72,8 +75,11 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
     probs = success_model.probability(episodes.last_frames.flatten(0, 1),
                                       judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon)
     imagined, _ = episode_outcomes(probs.cpu(), threshold)
-    out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(),
-                                np.array([r.success for r in real]))
+    real_success = np.array([r.success for r in real])
+    out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(), real_success)
     out.update({"seeds": [seed_offset, seed_offset + episodes_per_task], "horizon_chunks": horizon,
-                "threshold": threshold})
+                "threshold": threshold,
+                #: the judge on imagined frames vs the real outcome of the same policy from the same layout:
+                #: AUC of the episode's highest success probability
+                "imagined_auc": roc_auc(probs.max(1).values.cpu().numpy(), real_success)})
     return out
