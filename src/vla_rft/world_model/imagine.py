@@ -6,8 +6,9 @@ chunk number) returning an action chunk (N, K, A). The world model sees it clipp
 (what the real env executes), predicts K frames and the proprio state after each action; the last
 frame (rounded to 8 bits, like a rendered frame) and the last predicted state are what ``act``
 sees next. Only that last frame is decoded (each frame is decoded from the context on its own, so
-it is the frame :meth:`WorldModel.rollout` would give; the decoder dominates the cost). After WMPO (23-48 chunks of 8 from real initial frames) and WoVR (32 chunks, also from
-keyframes inside demonstrations); start frames here are any real frames + states.
+it is the frame :meth:`WorldModel.rollout` would give; the decoder dominates the cost). After WMPO
+(23-48 chunks of 8 from real initial frames) and WoVR (32 chunks, also from keyframes inside
+demonstrations); start frames here are any real frames + states.
 """
 
 from __future__ import annotations
