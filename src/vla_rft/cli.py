@@ -223,11 +223,10 @@ def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
           f"{s['seconds']:.1f} s -> {s['uri']}")
     if h:
         corr = h["correlation_across_tasks"]
-        halluc = h["hallucination_rate"]
         print(f"rft (episode): honesty: imagined {h['imagined_success']:.0%} vs real {h['real_success']:.0%}, "
               f"mean |diff| per task {h['mean_abs_difference']:.2f}, correlation "
               f"{'n/a' if corr is None else format(corr, '.2f')}, hallucination rate "
-              f"{'n/a' if halluc is None else format(halluc, '.0%')} of real failures, "
+              f"{_share(h['hallucination_rate'])} of real failures, "
               f"{_share(h.get('false_success_share'))} of imagined successes really failed, imagined AUC "
               f"{'n/a' if h.get('imagined_auc') is None else format(h['imagined_auc'], '.2f')}")
         for line in h["warnings"]:
