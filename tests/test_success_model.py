@@ -71,3 +71,84 @@ def test_bad_config_is_named():
         SuccessModelConfig(threshold_rule="f1")
     with pytest.raises(ConfigError, match="success_model.target_precision"):
         SuccessModelConfig(target_precision=0)
+    with pytest.raises(ConfigError, match="success_model.imagined_share"):
+        SuccessModelConfig(imagined_share=0)
+    with pytest.raises(ConfigError, match="success_model.imagined_steps"):
+        SuccessModelConfig(imagined_steps=-1)
+
+
+def _world_model(data):
+    """A tiny world model whose output depends on its context and actions (head randomised)."""
+    from vla_rft.world_model.configuration import WorldModelConfig
+    from vla_rft.world_model.modeling import WorldModel
+
+    torch.manual_seed(1)
+    wm = WorldModel(WorldModelConfig(channels=(8, 16, 32), patch_size=2, hidden_size=32, num_layers=1, num_heads=2,
+                                     frame_channels=8, cond_size=16), data.image_size, 8, data.action_dim,
+                    data.state_dim)
+    with torch.no_grad():
+        for p in list(wm.head.parameters()) + list(wm.state_head.parameters()):
+            p.normal_(0, 0.3)
+    return wm.eval()
+
+
+def test_replays_are_closed_loop_on_frames_and_labelled_by_the_recorded_outcome(tiny_dataset):
+    from vla_rft.success.imagined import replay_frames, replay_starts
+    from vla_rft.world_model.imagine import last_frame
+
+    data = load_dataset(tiny_dataset[0])
+    wm = _world_model(data)
+    im = replay_frames(wm, data, "train", horizon=3, keyframes_per_episode=1, seed=0, batch=3)
+    starts = replay_starts(data, "train", 8, 1, seed=0)
+    assert len(starts) == 2 * len(data.episodes_in("train"))  # every tiny episode has more than one chunk
+    for e, row, s in starts:
+        ep = data.episodes[e]
+        sel = (im.episode == e) & (im.start == s)
+        n = min(3, (ep["dataset_to_index"] - row) // 8)  # never past the recorded episode's end
+        assert sel.sum() == n and np.array_equal(im.chunk[sel], np.arange(n))
+        assert ep["dataset_from_index"] <= row < ep["dataset_to_index"] - 7 and (s == 0) == (row == ep["dataset_from_index"])
+        # the label is the simulator's success flag of the chunk's last recorded action
+        assert np.array_equal(im.labels[sel], data.successes[row + 8 * np.arange(1, n + 1) - 1].astype(bool))
+    # chunk 1 is predicted from chunk 0's predicted frame (not the recorded one), with the recorded actions
+    e, row, s = starts[0]
+    sel = np.flatnonzero((im.episode == e) & (im.start == s))
+    frame, _ = last_frame(wm, torch.from_numpy(np.ascontiguousarray(data.images[[row]].transpose(0, 3, 1, 2))),
+                          torch.from_numpy(data.actions[row:row + 8][None]).clamp(-1, 1),
+                          torch.from_numpy(data.states[[row]]))
+    assert (torch.round(frame * 255).to(torch.uint8).int() - im.frames[sel[0]].int()).abs().max() <= 1
+    recorded = torch.from_numpy(np.ascontiguousarray(data.images[[row + 8]].transpose(0, 3, 1, 2)))
+    from_recorded, _ = last_frame(wm, recorded, torch.from_numpy(data.actions[row + 8:row + 16][None]).clamp(-1, 1),
+                                  torch.from_numpy(data.states[[row + 8]]))
+    assert not torch.equal(torch.round(from_recorded * 255).to(torch.uint8)[0], im.frames[sel[1]])
+    # some frames of the tiny episodes come after a success and some before
+    assert im.labels.any() and not im.labels.all()
+
+
+def test_imagined_fine_tune_calibrates_on_imagined_frames_and_resumes_exactly(tiny_dataset, tmp_path):
+    data = load_dataset(tiny_dataset[0])
+    wm = _world_model(data)
+    cfg = SuccessModelConfig(**TINY, steps=2, imagined_steps=4)
+    with pytest.raises(ValueError, match="pass the world model"):
+        train_success_model(cfg, COMMON, data, tmp_path / "x", tmp_path / "x" / "ckpt", progress=False)
+    full = tmp_path / "full"
+    s = train_success_model(cfg, COMMON, data, full, full / "ckpt", progress=False, world_model=wm, horizon=16)
+    part = tmp_path / "part"
+    train_success_model(SuccessModelConfig(**TINY, steps=2, imagined_steps=1), COMMON, data, part, part / "ckpt",
+                        progress=False, world_model=wm, horizon=16)  # stops inside the imagined phase (step 3)
+    train_success_model(cfg, COMMON, data, part, part / "ckpt", resume=True, progress=False, world_model=wm, horizon=16)
+    a, b = SuccessModel.from_pretrained(full), SuccessModel.from_pretrained(part)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    cal = s["calibration"]
+    assert s["steps"] == 6 and cal["calibrated_on"] == "imagined val frames"
+    assert cal["imagined"]["val_frames"] > 0 and 0 <= cal["imagined"]["frame_auc"] <= 1
+    # the threshold is the one the precision rule picks on the val replays' probabilities
+    from vla_rft.success.imagined import replay_frames
+
+    val = replay_frames(wm, data, "val", horizon=16, keyframes_per_episode=1, seed=COMMON.seed)
+    probs = a.probability(val.frames, torch.from_numpy(val.task_index)).numpy()
+    assert a.threshold == pytest.approx(calibrate_threshold(probs, val.labels, "precision", 0.95)["threshold"])
+    # without the imagined phase the world model changes nothing: real-frame training and calibration
+    real = train_success_model(SuccessModelConfig(**TINY, steps=2), COMMON, data, tmp_path / "r", tmp_path / "r" / "c",
+                               progress=False, world_model=wm, horizon=16)
+    assert real["calibration"]["calibrated_on"] == "real val frames" and "imagined" not in real["calibration"]

@@ -215,6 +215,10 @@ def _share(x: float | None) -> str:
     return "n/a" if x is None else format(x, ".0%")
 
 
+def _auc(x: float | None) -> str:
+    return "n/a" if x is None else format(x, ".3f")
+
+
 def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
     t, h = s["train"], s["honesty"] or {}
     print(f"rft (episode): {t['steps']} GRPO steps{' (resumed)' if s['resumed'] else ''}, "
@@ -228,7 +232,7 @@ def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
               f"{'n/a' if corr is None else format(corr, '.2f')}, hallucination rate "
               f"{_share(h['hallucination_rate'])} of real failures, "
               f"{_share(h.get('false_success_share'))} of imagined successes really failed, imagined AUC "
-              f"{'n/a' if h.get('imagined_auc') is None else format(h['imagined_auc'], '.2f')}")
+              f"{_auc(h.get('imagined_auc'))}")
         for line in h["warnings"]:
             print(f"rft (episode): {line}")
     return _write_summary(args, s)
@@ -249,12 +253,15 @@ def _cmd_train_success_model(args: argparse.Namespace) -> int:
     from vla_rft import stages
 
     cfg = _load(args)
-    s = stages.train_success_model(cfg, args.dataset, args.out, overwrite=args.overwrite,
-                                   checkpoint_dir=args.checkpoint_dir, restart=args.restart)
+    s = stages.train_success_model(cfg, args.dataset, args.out, world_model_uri=args.world_model,
+                                   overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir, restart=args.restart)
     c = s["train"]["calibration"]
     auc = c["auc"]["all"]
+    im = c.get("imagined")
+    imagined = "" if im is None else (f", imagined val AUC frames {_auc(im['frame_auc'])} / episodes "
+                                      f"{_auc(im['episode_auc'])}")
     print(f"train-success-model: {s['train']['steps']} steps{' (resumed)' if s['resumed'] else ''}, val AUC "
-          f"{'n/a' if auc is None else format(auc, '.3f')}, threshold {c['threshold']:.3f} ({c['rule']}: precision "
+          f"{_auc(auc)}{imagined}, threshold {c['threshold']:.3f} on {c['calibrated_on']} ({c['rule']}: precision "
           f"{c.get('precision', float('nan')):.2f}, recall {c.get('recall', float('nan')):.2f}), "
           f"{s['seconds']:.1f} s -> {s['uri']}")
     return _write_summary(args, s)
@@ -373,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-success-model", help="train the success judge on real frames, calibrate its threshold")
     _add_config_args(p)
     p.add_argument("--dataset", required=True, action="append", help="a dataset (repeatable: expert + rollouts)")
+    p.add_argument("--world-model", default=None,
+                   help="with success_model.imagined_steps > 0: the world model whose replays of the recorded "
+                        "episodes the judge is fine-tuned and calibrated on (the one RFT imagines with)")
     _training_args(p)
     p.set_defaults(func=_cmd_train_success_model)
 

@@ -866,29 +866,46 @@ def ground_world_model(cfg: Config, dataset_uri: str, rollouts_uri: str, init_fr
                              checkpoint_dir=checkpoint_dir, restart=restart, progress=progress, init_from=init_from)
 
 
-def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, overwrite: bool = False,
-                        checkpoint_dir: str | Path | None = None, restart: bool = False,
+def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, world_model_uri: str | None = None,
+                        overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
                         progress: bool = True) -> dict[str, Any]:
     """Train the success judge on real frames of the datasets (expert + rollouts), calibrate it on
-    their val episodes, publish it (kind ``success_model``)."""
+    their val episodes, publish it (kind ``success_model``). With ``success_model.imagined_steps``
+    it is then fine-tuned on the world model's replays of the same episodes (``rft.horizon`` chunks)
+    and calibrated on the val episodes' imagined frames."""
     from vla_rft.data import concat_datasets
     from vla_rft.success.train import train_success_model as train
+    from vla_rft.world_model.modeling import WorldModel
 
     if not dataset_uris:
         raise ValueError("train-success-model needs at least one --dataset")
+    if cfg.success_model.imagined_steps and not world_model_uri:
+        raise ValueError(f"success_model.imagined_steps is {cfg.success_model.imagined_steps}: pass --world-model "
+                         "(the grounded world model RFT imagines with), or set success_model.imagined_steps=0")
+    if world_model_uri and not cfg.success_model.imagined_steps:
+        print(f"train-success-model: success_model.imagined_steps is 0, the world model {world_model_uri} is not used")
+        world_model_uri = None
     _refuse_existing(out_uri, "success model", overwrite)
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vla-rft-success-") as tmp:
         cache = Path(tmp) / "cache"
         data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in dataset_uris])
+        inputs = list(dataset_uris) + ([world_model_uri] if world_model_uri else [])
         settings = {"common": cfg.section("common"), "success_model": cfg.section("success_model"),
-                    "datasets": [storage.read_manifest(u)["files"] for u in dataset_uris]}
+                    "datasets": [storage.read_manifest(u)["files"] for u in inputs]}
+        world_model = None
+        if world_model_uri:
+            wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
+            world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device).eval()
+            settings["horizon"] = cfg.rft.horizon
         ckpt, resume = prepare_checkpoint_dir(out_uri, "success_model", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
-        summary = train(cfg.success_model, cfg.common, data, out, ckpt, resume=resume, progress=progress)
+        summary = train(cfg.success_model, cfg.common, data, out, ckpt, resume=resume, progress=progress,
+                        world_model=world_model, horizon=cfg.rft.horizon)
         storage.write_artifact(out, out_uri, kind="success_model", config={
             "profile": cfg.profile, "common": settings["common"], "success_model": settings["success_model"],
-            "datasets": list(dataset_uris)}, overwrite=overwrite)
+            "datasets": list(dataset_uris), "world_model": world_model_uri,
+            "horizon": settings.get("horizon")}, overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "seconds": time.time() - start}
 
 

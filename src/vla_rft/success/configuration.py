@@ -31,6 +31,12 @@ class SuccessModelConfig:
     #: hallucination); "balanced_accuracy" = the threshold maximising (TPR + TNR) / 2
     threshold_rule: Literal["precision", "balanced_accuracy"] = "precision"
     target_precision: float = 0.95
+    #: then this many fine-tune steps on imagined frames labelled by the real outcome
+    #: (``success/imagined.py``: recorded episodes replayed in the world model, needs
+    #: ``--world-model``); the threshold is then calibrated on val episodes' imagined frames. 0: off
+    imagined_steps: int = 0
+    imagined_share: float = 0.5  #: share of each fine-tune batch from imagined frames (the rest real)
+    imagined_keyframes: int = 1  #: replays per episode started inside it, besides its reset frame
     checkpoint_interval: int = 500
     log_interval: int = 50
 
@@ -44,7 +50,9 @@ class SuccessModelConfig:
             raise ConfigError(f"success_model.batch_size must be >= 2 (half positives, half negatives), got {self.batch_size}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"success_model.lr must be in (0, 1), got {self.lr}")
-        for name in ("weight_decay", "grad_clip", "checkpoint_interval"):
+        if not 0 < self.imagined_share <= 1:
+            raise ConfigError(f"success_model.imagined_share must be in (0, 1], got {self.imagined_share}")
+        for name in ("weight_decay", "grad_clip", "checkpoint_interval", "imagined_steps", "imagined_keyframes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"success_model.{name} must be >= 0, got {getattr(self, name)}")
         if self.threshold_rule not in THRESHOLD_RULES:

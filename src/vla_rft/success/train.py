@@ -99,6 +99,27 @@ def calibrate_threshold(probs: np.ndarray, labels: np.ndarray, rule: str, target
     return {**out, "threshold": th, **s, "target_precision": target_precision}
 
 
+def imagined_summary(imagined, imagined_val, probs: np.ndarray, data: LoadedDataset) -> dict[str, Any]:
+    """How well the judge reads the world model's frames of the val episodes' replays: frame AUC
+    (all, per source, per task) and episode AUC (the highest probability of a reset-frame replay
+    against whether the recorded episode succeeded within the replayed chunks)."""
+    sources = np.array([data.episodes[int(e)].get("source", "expert") for e in imagined_val.episode])
+    labels = imagined_val.labels
+    reset = imagined_val.start == 0
+    eps = np.unique(imagined_val.episode[reset])
+    ep_max = np.array([probs[reset & (imagined_val.episode == e)].max() for e in eps])
+    ep_real = np.array([labels[reset & (imagined_val.episode == e)].any() for e in eps])
+    return {
+        "train_frames": int(len(imagined)), "train_positive_frames": int(imagined.labels.sum()),
+        "val_frames": int(len(labels)), "val_positive_frames": int(labels.sum()),
+        "frame_auc": roc_auc(probs, labels),
+        **{f"frame_auc_source_{s}": roc_auc(probs[sources == s], labels[sources == s]) for s in sorted(set(sources))},
+        "frame_auc_per_task": {name: roc_auc(probs[imagined_val.task_index == t], labels[imagined_val.task_index == t])
+                               for t, name in enumerate(data.tasks)},
+        "episodes": int(len(eps)), "episode_auc": roc_auc(ep_max, ep_real),
+    }
+
+
 def _balanced_batch(rng: np.random.Generator, pos: np.ndarray, neg: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     half = size // 2
     rows = np.concatenate([rng.choice(pos, half), rng.choice(neg, size - half)])
@@ -106,9 +127,18 @@ def _balanced_batch(rng: np.random.Generator, pos: np.ndarray, neg: np.ndarray, 
 
 
 def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: LoadedDataset, out_dir: Path,
-                        checkpoint_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train on the train split's frames, calibrate on val, save model + calibration + curves to ``out_dir``."""
+                        checkpoint_dir: Path, resume: bool = False, progress: bool = True, world_model=None,
+                        horizon: int = 12) -> dict[str, Any]:
+    """Train on the train split's frames, calibrate on val, save model + calibration + curves to ``out_dir``.
+
+    With ``cfg.imagined_steps`` > 0, ``world_model`` replays the recorded episodes for up to
+    ``horizon`` chunks (:mod:`vla_rft.success.imagined`); the last ``imagined_steps`` steps train on
+    a mix of those imagined frames and real ones, and the threshold is calibrated on the val
+    episodes' imagined frames, the kind RFT asks the judge about.
+    """
     from tqdm.auto import tqdm
+
+    from vla_rft.success.imagined import replay_frames
 
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     torch.set_num_threads(common.num_threads)
@@ -120,6 +150,24 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"the train split has {len(pos)} success and {len(neg)} failure frames; the success "
                          "model needs both (record episodes that reach success, and keep post-success steps)")
+    imagined = imagined_val = None
+    if cfg.imagined_steps:
+        if world_model is None:
+            raise ValueError(f"success_model.imagined_steps is {cfg.imagined_steps}: pass the world model whose "
+                             "frames the judge will score (train-success-model --world-model)")
+        imagined = replay_frames(world_model, data, "train", horizon=horizon,
+                                 keyframes_per_episode=cfg.imagined_keyframes, seed=common.seed)
+        imagined_val = replay_frames(world_model, data, "val", horizon=horizon,
+                                     keyframes_per_episode=cfg.imagined_keyframes, seed=common.seed)
+        if imagined.labels.all() or not imagined.labels.any() or not len(imagined_val):
+            raise ValueError(f"the imagined replays hold {int(imagined.labels.sum())} success and "
+                             f"{int((~imagined.labels).sum())} failure frames on train, {len(imagined_val)} frames "
+                             "on val; fine-tuning on them needs both classes on train and some val frames")
+        im_rows = np.arange(len(imagined))
+        im_pos, im_neg = im_rows[imagined.labels], im_rows[~imagined.labels]
+        im_task = torch.from_numpy(imagined.task_index)
+        n_imagined = max(1, round(cfg.batch_size * cfg.imagined_share))
+    total = cfg.steps + cfg.imagined_steps
     model = SuccessModel(cfg, image_size=data.image_size, tasks=data.tasks).to(device)
     optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
@@ -132,12 +180,19 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
     model.train()
     t0 = time.time()
     acc = {"loss": 0.0, "accuracy": 0.0, "n": 0}
-    bar = tqdm(total=cfg.steps, initial=step, desc="success-model", leave=False,
+    bar = tqdm(total=total, initial=step, desc="success-model", leave=False,
                disable=not progress or not sys.stderr.isatty())
-    while step < cfg.steps:
+    while step < total:
         rng = np.random.default_rng([common.seed, _STREAM, step])
-        batch_rows, y = _balanced_batch(rng, pos, neg, cfg.batch_size)
-        logits = model(images[batch_rows], task_index[batch_rows])
+        if step < cfg.steps:
+            batch_rows, y = _balanced_batch(rng, pos, neg, cfg.batch_size)
+            logits = model(images[batch_rows], task_index[batch_rows])
+        else:  # the imagined phase: imagined frames, and real ones so the real-frame skill is kept
+            im_batch, y_im = _balanced_batch(rng, im_pos, im_neg, n_imagined)
+            batch_rows, y_real = _balanced_batch(rng, pos, neg, cfg.batch_size - n_imagined)
+            y = np.concatenate([y_im, y_real])
+            logits = model(torch.cat([imagined.frames[im_batch], images[batch_rows]]),
+                           torch.cat([im_task[im_batch], task_index[batch_rows]]))
         target = torch.from_numpy(y).to(device)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
         optimizer.zero_grad(set_to_none=True)
@@ -149,11 +204,11 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
         acc = {"loss": acc["loss"] + float(loss.detach()),
                "accuracy": acc["accuracy"] + float(((logits.detach() > 0).float() == target).float().mean()),
                "n": acc["n"] + 1}
-        if step % cfg.log_interval == 0 or step == cfg.steps:
+        if step % cfg.log_interval == 0 or step == total:
             curve.append({"step": step, "loss": acc["loss"] / acc["n"], "accuracy": acc["accuracy"] / acc["n"],
                           "seconds": round(elapsed + time.time() - t0, 3)})
             acc = {"loss": 0.0, "accuracy": 0.0, "n": 0}
-        if cfg.checkpoint_interval and (step % cfg.checkpoint_interval == 0 or step == cfg.steps):
+        if cfg.checkpoint_interval and (step % cfg.checkpoint_interval == 0 or step == total):
             save_checkpoint(ckpt_path, model, optimizer, {"step": step, "curves": curve,
                                                           "seconds": elapsed + time.time() - t0})
         bar.update(1)
@@ -164,7 +219,14 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
     if len(val_rows) == 0:
         raise ValueError("the dataset has no val episodes: the success threshold cannot be calibrated")
     probs = model.probability(images[val_rows], task_index[val_rows]).cpu().numpy()
-    calibration = calibrate_threshold(probs, val_labels, cfg.threshold_rule, cfg.target_precision)
+    if imagined_val is None:
+        calibration = calibrate_threshold(probs, val_labels, cfg.threshold_rule, cfg.target_precision)
+        calibration["calibrated_on"] = "real val frames"
+    else:
+        im_probs = model.probability(imagined_val.frames, torch.from_numpy(imagined_val.task_index)).cpu().numpy()
+        calibration = calibrate_threshold(im_probs, imagined_val.labels, cfg.threshold_rule, cfg.target_precision)
+        calibration.update({"calibrated_on": "imagined val frames", "imagined": imagined_summary(
+            imagined, imagined_val, im_probs, data)})
     model.threshold = float(calibration["threshold"])
     sources = np.array([data.episodes[int(data.episode_index[r])].get("source", "expert") for r in val_rows])
     auc = {"all": roc_auc(probs, val_labels),
@@ -177,5 +239,5 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
                         "auc": auc, "auc_per_task": per_task})
     model.save_pretrained(out_dir, calibration)
     write_curves(out_dir, curve, CURVE_FIELDS)
-    return {"steps": cfg.steps, "train_frames": int(len(rows)), "train_positive_frames": int(len(pos)),
+    return {"steps": total, "train_frames": int(len(rows)), "train_positive_frames": int(len(pos)),
             "seconds": round(elapsed + time.time() - t0, 2), "calibration": calibration}
