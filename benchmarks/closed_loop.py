@@ -194,7 +194,13 @@ def render(result: dict) -> str:
         auc = j["auc"]
         lines.append(f"Success model: AUC {num(auc.get('all'))} on held-out real frames (val episodes; policy "
                      f"rollouts alone {num(auc.get('source_policy'))}, expert {num(auc.get('source_expert'))}), "
-                     f"threshold {j['threshold']:.3f} (rule {j.get('rule')}).  ")
+                     f"threshold {j['threshold']:.3f} (rule {j.get('rule')}, on "
+                     f"{j.get('calibrated_on', 'real val frames')}).  ")
+        if j.get("imagined"):
+            im = j["imagined"]
+            lines.append(f"Fine-tuned on the grounded world model's replays of the recorded episodes: on the val "
+                         f"episodes' replays, frame AUC {num(im['frame_auc'])}, episode AUC {num(im['episode_auc'])} "
+                         f"({im['episodes']} replays from reset frames).  ")
     if h:
         corr = h["correlation_across_tasks"]
         lines.append(f"Base policy, {h['episodes']} held-out training-seed layouts: imagined vs real success per task "
@@ -260,7 +266,7 @@ def main() -> None:
             cfg, dataset, rollouts, wm, grounded, progress=False))
         seconds["grounded"] = (s or {}).get("seconds", 0.0)
         s = _stage("train-success-model", judge, lambda: stages.train_success_model(
-            cfg, [dataset, rollouts], judge, progress=False))
+            cfg, [dataset, rollouts], judge, world_model_uri=grounded, progress=False))
         seconds["success_model"] = (s or {}).get("seconds", 0.0)
 
     extra = {"chunk": [], "episode": ["rft.mode=episode"], "control": ["rft.mode=episode", "rft.shuffle_advantages=true"],
