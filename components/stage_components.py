@@ -264,13 +264,15 @@ def build_components(image: str = DEFAULT_IMAGE) -> dict:
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def train_success_model(config_json: str, dataset: Input[Dataset], rollouts: Input[Dataset],
-                            success_model: Output[Model], calibration: Output[Metrics], summary: Output[Markdown]):
-        """The success judge on real frames (expert + rollouts), threshold calibrated on val episodes."""
+                            world_model: Input[Model], success_model: Output[Model], calibration: Output[Metrics],
+                            summary: Output[Markdown]):
+        """The success judge on real frames (expert + rollouts), fine-tuned on the grounded world model's
+        replays of them; threshold calibrated on the val episodes' replays."""
         from vla_rft import stages
         from vla_rft.components import outputs
 
         result = stages.train_success_model(outputs.stage_config(config_json), [dataset.path, rollouts.path],
-                                            success_model.path, overwrite=True,
+                                            success_model.path, world_model_uri=world_model.path, overwrite=True,
                                             checkpoint_dir=success_model.path + ".ckpt", progress=False)
         shown = outputs.flat_metrics(result["train"]["calibration"])
         for name, value in shown.items():

@@ -138,7 +138,8 @@ def build_pipeline(params_json: str, image: str = DEFAULT_IMAGE, s3_endpoint: st
             _resources(grounded.set_display_name("ground-world-model"), "2", "8Gi", gpus if cluster else None,
                        retries=2)
             judge = comps["train-success-model"](config_json=config_json, dataset=data.outputs["dataset"],
-                                                 rollouts=roll.outputs["rollouts"])
+                                                 rollouts=roll.outputs["rollouts"],
+                                                 world_model=grounded.outputs["grounded"])
             _resources(judge.set_display_name("train-success-model"), "2", "8Gi", gpus if cluster else None,
                        retries=2)
             episodic = comps["rft-episode"](config_json=config_json, dataset=data.outputs["dataset"],

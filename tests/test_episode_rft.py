@@ -218,7 +218,8 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
                    ("hidden_size", 32), ("num_layers", 1), ("num_heads", 2), ("frame_channels", 8), ("cond_size", 16),
                    ("steps", 2), ("ground_steps", 3), ("batch_size", 4), ("warmup_steps", 1), ("eval_chunks", 8),
                    ("eval_batch_size", 8), ("gif_chunks", 1), ("log_interval", 1), ("checkpoint_interval", 0))]
-    sets += ["success_model.steps=4", "success_model.channels=[8, 8]", "success_model.hidden_size=8",
+    sets += ["success_model.steps=4", "success_model.imagined_steps=2", "success_model.channels=[8, 8]",
+             "success_model.hidden_size=8",
              "success_model.batch_size=8", "rft.mode=episode", "rft.steps=1", "rft.batch_starts=2", "rft.group_size=2",
              "rft.horizon=1", "rft.honesty_episodes_per_task=1", "rft.checkpoint_interval=1"]
     cfg = load_config("params.yaml", "quick", sets)
@@ -230,9 +231,16 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     assert g["train"]["steps"] == 3  # world_model.ground_steps, not world_model.steps
     assert g["train"]["train_chunks"] > stages.train_world_model(
         cfg, dataset, str(tmp_path / "wm2"), progress=False)["train"]["train_chunks"]
-    sm = stages.train_success_model(cfg, [dataset, str(roll)], str(tmp_path / "judge"), progress=False)
-    assert storage.read_manifest(str(tmp_path / "judge"))["kind"] == "success_model"
-    assert "source_policy" in sm["train"]["calibration"]["auc"]
+    with pytest.raises(ValueError, match="pass --world-model"):
+        stages.train_success_model(cfg, [dataset, str(roll)], str(tmp_path / "j0"), progress=False)
+    sm = stages.train_success_model(cfg, [dataset, str(roll)], str(tmp_path / "judge"),
+                                    world_model_uri=str(tmp_path / "wm_g"), progress=False)
+    judge_manifest = storage.read_manifest(str(tmp_path / "judge"))
+    assert judge_manifest["kind"] == "success_model"
+    assert judge_manifest["config"]["world_model"] == str(tmp_path / "wm_g")
+    calibration = sm["train"]["calibration"]
+    assert "source_policy" in calibration["auc"] and calibration["calibrated_on"] == "imagined val frames"
+    assert sm["train"]["steps"] == 4 + 2 and calibration["imagined"]["train_frames"] > 0
     with pytest.raises(ValueError, match="--success-model"):
         stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "x"), progress=False)
     r = stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "rft"), progress=False,
