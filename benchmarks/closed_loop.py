@@ -211,8 +211,18 @@ def render(result: dict) -> str:
                      f"{_pct(h.get('false_success_share'))} % of imagined successes really failed; imagined success "
                      f"on {_pct(h['imagined_success_on_real_success'])} % of real successes; the judge's AUC on the "
                      f"imagined frames against the real outcome {num(h.get('imagined_auc'))}.")
-        lines += ["", "| task | episodes | imagined | real |", "|---|---|---|---|"]
+        after = h.get("after_training")
+        if after:
+            lines.append(f"After episode RFT, the fine-tuned policy on the same layouts: imagined "
+                         f"{_pct(after['imagined_success'])} % vs real {_pct(after['real_success'])} %, hallucination "
+                         f"{_pct(after['hallucination_rate'])} % of real failures, imagined AUC "
+                         f"{num(after.get('imagined_auc'))}.")
+        per_after = (after or {}).get("per_task", {})
+        lines += ["", "| task | episodes | imagined | real |" + (" imagined after RFT | real after RFT |" if after else ""),
+                  "|---|---|---|---|" + ("---|---|" if after else "")]
         lines += [f"| {t} | {v['episodes']} | {_pct(v['imagined_success'], 0)} | {_pct(v['real_success'], 0)} |"
+                  + (f" {_pct(per_after[t]['imagined_success'], 0)} | {_pct(per_after[t]['real_success'], 0)} |"
+                     if t in per_after else ("  |  |" if after else ""))
                   for t, v in h["per_task"].items()]
     t = a.get("target")
     if t:

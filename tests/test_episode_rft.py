@@ -15,7 +15,7 @@ from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.episode import episode_advantages, episode_outcomes, masked_clipped_loss, train_episode_grpo
-from vla_rft.rft.honesty import honesty_from_outcomes
+from vla_rft.rft.honesty import exploitation_warnings, honesty_from_outcomes
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
 from vla_rft.world_model.configuration import WorldModelConfig
@@ -151,6 +151,11 @@ def test_honesty_numbers_by_hand_and_the_warning():
     assert h["warnings"] and "cannot tell success from failure" in h["warnings"][0]
     honest = honesty_from_outcomes(tasks, task_of, real.copy(), real)
     assert honest["hallucination_rate"] == 0 and not honest["warnings"] and honest["mean_abs_difference"] == 0
+    # after RFT: a rise of 10 points or more in hallucination is called exploitation, less is not
+    assert exploitation_warnings(honest, h) and "exploits the world model" in exploitation_warnings(honest, h)[0]
+    assert not exploitation_warnings(h, honest)
+    assert not exploitation_warnings({"hallucination_rate": 0.3}, {"hallucination_rate": 0.39})
+    assert exploitation_warnings({"hallucination_rate": None}, {"hallucination_rate": 0.1})
 
 
 def test_rft_config_names_bad_episode_values():
@@ -221,7 +226,7 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     sets += ["success_model.steps=4", "success_model.imagined_steps=2", "success_model.channels=[8, 8]",
              "success_model.hidden_size=8",
              "success_model.batch_size=8", "rft.mode=episode", "rft.steps=1", "rft.batch_starts=2", "rft.group_size=2",
-             "rft.horizon=1", "rft.honesty_episodes_per_task=1", "rft.checkpoint_interval=1"]
+             "rft.horizon=15", "rft.honesty_episodes_per_task=1", "rft.checkpoint_interval=1"]
     cfg = load_config("params.yaml", "quick", sets)
     # the tiny policy was built with the tiny dataset's 2 tasks; expert WM first, then grounded on rollouts
     stages.train_world_model(cfg, dataset, str(tmp_path / "wm"), progress=False)
@@ -248,6 +253,8 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     honesty = json.loads((tmp_path / "rft" / "honesty.json").read_text())
     assert honesty["episodes"] == 2 and honesty["seeds"] == [900_000, 900_001]
     assert {"imagined_auc", "false_success_share", "hallucination_rate"} <= set(honesty)
+    # the same check for the fine-tuned policy, on the same layouts
+    assert honesty["after_training"]["episodes"] == 2 and honesty["after_training"]["seeds"] == honesty["seeds"]
     assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"
     assert (tmp_path / "rft" / "model.safetensors").exists()
 

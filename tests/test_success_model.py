@@ -13,6 +13,7 @@ from vla_rft.success.modeling import SuccessModel
 from vla_rft.success.train import calibrate_threshold, frame_labels, roc_auc, train_success_model
 
 TINY = dict(channels=[8, 8], hidden_size=8, task_embedding=4, batch_size=8, checkpoint_interval=3, log_interval=1)
+REAL = dict(TINY, imagined_steps=0)  # real frames only: no world model needed
 COMMON = CommonConfig(seed=5, num_threads=2)
 
 
@@ -52,10 +53,10 @@ def test_frame_labels_are_the_success_of_the_action_before(tiny_dataset):
 def test_resume_equals_uninterrupted_and_round_trip(tiny_dataset, tmp_path):
     data = load_dataset(tiny_dataset[0])
     full = tmp_path / "full"
-    s = train_success_model(SuccessModelConfig(**TINY, steps=6), COMMON, data, full, full / "ckpt", progress=False)
+    s = train_success_model(SuccessModelConfig(**REAL, steps=6), COMMON, data, full, full / "ckpt", progress=False)
     part = tmp_path / "part"
-    train_success_model(SuccessModelConfig(**TINY, steps=3), COMMON, data, part, part / "ckpt", progress=False)
-    train_success_model(SuccessModelConfig(**TINY, steps=6), COMMON, data, part, part / "ckpt", resume=True,
+    train_success_model(SuccessModelConfig(**REAL, steps=3), COMMON, data, part, part / "ckpt", progress=False)
+    train_success_model(SuccessModelConfig(**REAL, steps=6), COMMON, data, part, part / "ckpt", resume=True,
                         progress=False)
     a, b = SuccessModel.from_pretrained(full), SuccessModel.from_pretrained(part)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -106,7 +107,8 @@ def test_replays_are_closed_loop_on_frames_and_labelled_by_the_recorded_outcome(
         sel = (im.episode == e) & (im.start == s)
         n = min(3, (ep["dataset_to_index"] - row) // 8)  # never past the recorded episode's end
         assert sel.sum() == n and np.array_equal(im.chunk[sel], np.arange(n))
-        assert ep["dataset_from_index"] <= row < ep["dataset_to_index"] - 7 and (s == 0) == (row == ep["dataset_from_index"])
+        assert ep["dataset_from_index"] <= row < ep["dataset_to_index"] - 7
+        assert (s == 0) == (row == ep["dataset_from_index"])
         # the label is the simulator's success flag of the chunk's last recorded action
         assert np.array_equal(im.labels[sel], data.successes[row + 8 * np.arange(1, n + 1) - 1].astype(bool))
     # chunk 1 is predicted from chunk 0's predicted frame (not the recorded one), with the recorded actions
@@ -149,6 +151,6 @@ def test_imagined_fine_tune_calibrates_on_imagined_frames_and_resumes_exactly(ti
     probs = a.probability(val.frames, torch.from_numpy(val.task_index)).numpy()
     assert a.threshold == pytest.approx(calibrate_threshold(probs, val.labels, "precision", 0.95)["threshold"])
     # without the imagined phase the world model changes nothing: real-frame training and calibration
-    real = train_success_model(SuccessModelConfig(**TINY, steps=2), COMMON, data, tmp_path / "r", tmp_path / "r" / "c",
+    real = train_success_model(SuccessModelConfig(**REAL, steps=2), COMMON, data, tmp_path / "r", tmp_path / "r" / "c",
                                progress=False, world_model=wm, horizon=16)
     assert real["calibration"]["calibrated_on"] == "real val frames" and "imagined" not in real["calibration"]

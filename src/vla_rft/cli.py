@@ -233,6 +233,11 @@ def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
               f"{_share(h['hallucination_rate'])} of real failures, "
               f"{_share(h.get('false_success_share'))} of imagined successes really failed, imagined AUC "
               f"{_auc(h.get('imagined_auc'))}")
+        a = h.get("after_training")
+        if a:
+            print(f"rft (episode): honesty after RFT (the fine-tuned policy, same layouts): imagined "
+                  f"{a['imagined_success']:.0%} vs real {a['real_success']:.0%}, hallucination rate "
+                  f"{_share(a['hallucination_rate'])} of real failures, imagined AUC {_auc(a['imagined_auc'])}")
         for line in h["warnings"]:
             print(f"rft (episode): {line}")
     return _write_summary(args, s)

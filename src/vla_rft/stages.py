@@ -924,7 +924,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
     from vla_rft.data import concat_datasets
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.rft.episode import train_episode_grpo
-    from vla_rft.rft.honesty import honesty_check
+    from vla_rft.rft.honesty import exploitation_warnings, honesty_check
     from vla_rft.sim.vector import BatchedSimulator
     from vla_rft.success.modeling import SuccessModel
     from vla_rft.world_model.modeling import WorldModel
@@ -958,11 +958,21 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
                                         batch_size=cfg.collect_rollouts.batch_size)
         summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,
                                      resume=resume, progress=progress)
+        if honesty is not None:  # the same check for the fine-tuned policy: has it learnt the blind spots?
+            with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
+                after = honesty_check(policy.eval(), world_model, judge, threshold, sim, list(data.tasks),
+                                      episodes_per_task=cfg.rft.honesty_episodes_per_task,
+                                      seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
+                                      batch_size=cfg.collect_rollouts.batch_size)
+            honesty["after_training"] = after
+            honesty["warnings"] += exploitation_warnings(honesty, after)
         if honesty is not None:
             (out / "honesty.json").write_text(json.dumps(honesty, indent=2))
-            summary["honesty"] = {k: honesty[k] for k in ("correlation_across_tasks", "mean_abs_difference",
-                                                          "hallucination_rate", "false_success_share",
-                                                          "imagined_auc", "warnings")}
+            keys = ("correlation_across_tasks", "mean_abs_difference", "hallucination_rate", "false_success_share",
+                    "imagined_auc")
+            summary["honesty"] = {**{k: honesty[k] for k in keys + ("warnings",)},
+                                  "after_training": {k: honesty["after_training"][k] for k in
+                                                     keys + ("imagined_success", "real_success")}}
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
         storage.write_artifact(out, out_uri, kind="policy", config={
             "profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],

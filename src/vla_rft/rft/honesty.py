@@ -5,6 +5,7 @@ the base policy (acting with its mean) runs in the real simulator and, from the 
 frame and state, in the world model for the same number of chunks; the success model judges the
 imagined episode. Reported: imagined and real success per task, their correlation across tasks,
 the mean absolute difference, and the hallucination rate (imagined success on a real failure).
+The RFT stage runs it for the base policy before training and for the fine-tuned one after.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def honesty_from_outcomes(tasks: list[str], task_of: np.ndarray, imagined: np.nd
         "imagined_success_on_real_success": detect,
         "imagined_success": float(imagined.mean()), "real_success": float(real.mean()), "warnings": warnings,
     }
+
+
+def exploitation_warnings(before: dict, after: dict, margin: float = 0.1) -> list[str]:
+    """A warning when the fine-tuned policy's hallucination rate (``after``) is ``margin`` or more
+    above the base policy's (``before``), both from :func:`honesty_from_outcomes` on the same layouts:
+    RFT has found actions the world model and the judge reward but the simulator does not."""
+    b, a = before.get("hallucination_rate") or 0.0, after.get("hallucination_rate")
+    if a is None or a < b + margin:
+        return []
+    return [f"WARNING: after RFT {a:.0%} of the fine-tuned policy's real failures are imagined as successes "
+            f"(base policy {b:.0%}): it exploits the world model and the judge"]
 
 
 def honesty_check(policy, world_model, success_model, threshold: float, sim, tasks: list[str], *,

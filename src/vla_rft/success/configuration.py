@@ -34,7 +34,7 @@ class SuccessModelConfig:
     #: then this many fine-tune steps on imagined frames labelled by the real outcome
     #: (``success/imagined.py``: recorded episodes replayed in the world model, needs
     #: ``--world-model``); the threshold is then calibrated on val episodes' imagined frames. 0: off
-    imagined_steps: int = 0
+    imagined_steps: int = 1000
     imagined_share: float = 0.5  #: share of each fine-tune batch from imagined frames (the rest real)
     imagined_keyframes: int = 1  #: replays per episode started inside it, besides its reset frame
     checkpoint_interval: int = 500
