@@ -966,7 +966,6 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
                                       batch_size=cfg.collect_rollouts.batch_size)
             honesty["after_training"] = after
             honesty["warnings"] += exploitation_warnings(honesty, after)
-        if honesty is not None:
             (out / "honesty.json").write_text(json.dumps(honesty, indent=2))
             keys = ("correlation_across_tasks", "mean_abs_difference", "hallucination_rate", "false_success_share",
                     "imagined_auc")
