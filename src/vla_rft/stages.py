@@ -948,22 +948,18 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
                     "inputs": [storage.read_manifest(u)["files"] for u in inputs]}
         ckpt, resume = prepare_checkpoint_dir(out_uri, "rft_episode", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
-        honesty = None
-        if verify and cfg.rft.honesty_episodes_per_task:
-            base = copy.deepcopy(policy).eval()
+        def check(checked_policy) -> dict:
             with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
-                honesty = honesty_check(base, world_model, judge, threshold, sim, list(data.tasks),
-                                        episodes_per_task=cfg.rft.honesty_episodes_per_task,
-                                        seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
-                                        batch_size=cfg.collect_rollouts.batch_size)
+                return honesty_check(checked_policy, world_model, judge, threshold, sim, list(data.tasks),
+                                     episodes_per_task=cfg.rft.honesty_episodes_per_task,
+                                     seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
+                                     batch_size=cfg.collect_rollouts.batch_size)
+
+        honesty = check(copy.deepcopy(policy).eval()) if verify and cfg.rft.honesty_episodes_per_task else None
         summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,
                                      resume=resume, progress=progress)
         if honesty is not None:  # the same check for the fine-tuned policy: has it learnt the blind spots?
-            with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
-                after = honesty_check(policy.eval(), world_model, judge, threshold, sim, list(data.tasks),
-                                      episodes_per_task=cfg.rft.honesty_episodes_per_task,
-                                      seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
-                                      batch_size=cfg.collect_rollouts.batch_size)
+            after = check(policy.eval())
             honesty["after_training"] = after
             honesty["warnings"] += exploitation_warnings(honesty, after)
             (out / "honesty.json").write_text(json.dumps(honesty, indent=2))
