@@ -3,7 +3,7 @@
 ``rft.mode: episode`` writes ``honesty.json`` for the *base* policy before training. A policy that
 RFT has fine-tuned inside the world model may have learnt actions whose imagined outcome differs
 from the real one (it optimises what the world model and the judge reward). This runs the same
-check (``vla_rft.rft.honesty.honesty_check``: real episodes on held-out training-range seeds
+check (``vla_rft.rft.honesty.honesty_check_from_config``: real episodes on held-out training-range seeds
 against closed-loop imagination from the same layouts) for each ``--policy``, and prints and
 writes the numbers side by side:
 
@@ -38,8 +38,7 @@ def main() -> None:
     policies = dict(p.split("=", 1) for p in args.policy)
 
     from vla_rft.policy.modeling import VLAPolicy
-    from vla_rft.rft.honesty import honesty_check
-    from vla_rft.sim.vector import BatchedSimulator
+    from vla_rft.rft.honesty import honesty_check_from_config
     from vla_rft.success.modeling import SuccessModel
     from vla_rft.world_model.modeling import WorldModel
 
@@ -51,23 +50,19 @@ def main() -> None:
     threshold = judge.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
     out = {"world_model": args.world_model, "success_model": args.success_model, "threshold": threshold,
            "policies": {}}
-    with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
-        for name, uri in policies.items():
-            policy_dir, _ = storage.read_artifact(uri, expected_kind="policy")
-            policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device).eval()
-            h = honesty_check(policy, world_model, judge, threshold, sim, list(cfg.sim.tasks),
-                              episodes_per_task=cfg.rft.honesty_episodes_per_task,
-                              seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
-                              batch_size=cfg.collect_rollouts.batch_size)
-            out["policies"][name] = {"uri": uri, **h}
-            corr = h["correlation_across_tasks"]
-            auc = h["imagined_auc"]
-            print(f"{name}: imagined {h['imagined_success']:.0%} vs real {h['real_success']:.0%}, correlation "
-                  f"{'n/a' if corr is None else format(corr, '.2f')}, hallucination "
-                  f"{'n/a' if h['hallucination_rate'] is None else format(h['hallucination_rate'], '.0%')} of real "
-                  f"failures, imagined AUC {'n/a' if auc is None else format(auc, '.3f')}")
-            for task, v in h["per_task"].items():
-                print(f"  {task:>22}: imagined {v['imagined_success']:.0%}, real {v['real_success']:.0%}")
+    for name, uri in policies.items():
+        policy_dir, _ = storage.read_artifact(uri, expected_kind="policy")
+        policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device).eval()
+        h = honesty_check_from_config(cfg, policy, world_model, judge, threshold, list(cfg.sim.tasks))
+        out["policies"][name] = {"uri": uri, **h}
+        corr = h["correlation_across_tasks"]
+        auc = h["imagined_auc"]
+        print(f"{name}: imagined {h['imagined_success']:.0%} vs real {h['real_success']:.0%}, correlation "
+              f"{'n/a' if corr is None else format(corr, '.2f')}, hallucination "
+              f"{'n/a' if h['hallucination_rate'] is None else format(h['hallucination_rate'], '.0%')} of real "
+              f"failures, imagined AUC {'n/a' if auc is None else format(auc, '.3f')}")
+        for task, v in h["per_task"].items():
+            print(f"  {task:>22}: imagined {v['imagined_success']:.0%}, real {v['real_success']:.0%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
 

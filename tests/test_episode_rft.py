@@ -253,6 +253,12 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     honesty = json.loads((tmp_path / "rft" / "honesty.json").read_text())
     assert honesty["episodes"] == 2 and honesty["seeds"] == [900_000, 900_001]
     assert {"imagined_auc", "false_success_share", "hallucination_rate"} <= set(honesty)
+    # per layout, paired: each start's imagined and real outcome, consistent with the rates
+    ep = honesty["episode_outcomes"]
+    assert sorted(zip(ep["seed"], ep["task"])) == sorted((s, t) for s in (900_000,) for t in ("push", "drawer-open"))
+    assert set(ep["imagined"]) <= {0, 1} and set(ep["real"]) <= {0, 1}
+    assert sum(ep["real"]) / len(ep["real"]) == pytest.approx(honesty["real_success"])
+    assert sum(ep["imagined"]) / len(ep["imagined"]) == pytest.approx(honesty["imagined_success"])
     # the same check for the fine-tuned policy, on the same layouts
     assert honesty["after_training"]["episodes"] == 2 and honesty["after_training"]["seeds"] == honesty["seeds"]
     assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"

@@ -924,8 +924,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
     from vla_rft.data import concat_datasets
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.rft.episode import train_episode_grpo
-    from vla_rft.rft.honesty import exploitation_warnings, honesty_check
-    from vla_rft.sim.vector import BatchedSimulator
+    from vla_rft.rft.honesty import exploitation_warnings, honesty_check_from_config
     from vla_rft.success.modeling import SuccessModel
     from vla_rft.world_model.modeling import WorldModel
 
@@ -949,11 +948,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         ckpt, resume = prepare_checkpoint_dir(out_uri, "rft_episode", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
         def check(checked_policy) -> dict:
-            with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
-                return honesty_check(checked_policy, world_model, judge, threshold, sim, list(data.tasks),
-                                     episodes_per_task=cfg.rft.honesty_episodes_per_task,
-                                     seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
-                                     batch_size=cfg.collect_rollouts.batch_size)
+            return honesty_check_from_config(cfg, checked_policy, world_model, judge, threshold, data.tasks)
 
         honesty = check(copy.deepcopy(policy).eval()) if verify and cfg.rft.honesty_episodes_per_task else None
         summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,

@@ -91,7 +91,22 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
     out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(), real_success)
     out.update({"seeds": [seed_offset, seed_offset + episodes_per_task], "horizon_chunks": horizon,
                 "threshold": threshold,
+                #: per start layout, in the order of ``seeds`` x tasks: what paired comparisons need
+                "episode_outcomes": {"task": [s.task for s in specs], "seed": [s.seed for s in specs],
+                                     "imagined": imagined.int().tolist(), "real": real_success.astype(int).tolist()},
                 #: the judge on imagined frames vs the real outcome of the same policy from the same layout:
                 #: AUC of the episode's highest success probability
                 "imagined_auc": roc_auc(probs.max(1).values.cpu().numpy(), real_success)})
     return out
+
+
+def honesty_check_from_config(cfg, policy, world_model, success_model, threshold: float, tasks: list[str]) -> dict:
+    """:func:`honesty_check` with the layouts, horizon and simulator of a resolved config (the
+    ``rft`` section's honesty settings), as the RFT stage and the benchmarks run it."""
+    from vla_rft.sim.vector import BatchedSimulator
+
+    with BatchedSimulator.from_config(cfg.sim, min(cfg.sim.num_workers, 2)) as sim:
+        return honesty_check(policy, world_model, success_model, threshold, sim, list(tasks),
+                             episodes_per_task=cfg.rft.honesty_episodes_per_task,
+                             seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
+                             batch_size=cfg.collect_rollouts.batch_size)
