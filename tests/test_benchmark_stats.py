@@ -116,3 +116,72 @@ def test_the_peer_row_must_share_the_base_policy_and_the_episodes(tmp_path):
     path.write_text(json.dumps({**row, "nominal_episodes_per_task": 0}))  # 10 everywhere: other episodes
     with pytest.raises(SystemExit, match="other episodes"):
         headline.peer_row(str(path), meta)
+
+
+def test_ablation_bootstrap_resamples_within_tasks_and_pairs_by_layout():
+    import closed_loop_ablations as abl
+
+    # reach gains +1 on every layout, push 0: within-task resampling cannot move the mean (0.5)
+    tasks = ["reach"] * 4 + ["push"] * 4
+    after, before = [1, 1, 1, 1, 0, 1, 0, 1], [0, 0, 0, 0, 0, 1, 0, 1]
+    assert abl.paired_bootstrap(after, before, tasks) == pytest.approx((0.5, 0.5, 0.5))
+    # pooled over one stratum the same differences vary: a real interval around the same mean
+    mean, lo, hi = abl.paired_bootstrap(after, before, ["all"] * 8)
+    assert mean == pytest.approx(0.5) and lo < 0.5 < hi
+    with pytest.raises(ValueError, match="equal, non-zero lengths"):
+        abl.paired_bootstrap([1, 0], [1], ["reach", "reach"])
+
+    # an arm's check lists the same layouts in another order: outcomes are matched by (task, seed)
+    def check(order, real):
+        return {"episode_outcomes": {"task": [t for t, _ in order], "seed": [s for _, s in order], "real": real}}
+
+    layouts = [("reach", 1), ("push", 1), ("reach", 2), ("push", 2)]
+    base = check(layouts, [0, 0, 1, 0])
+    arm = check(layouts[::-1], [1, 0, 1, 1])  # push 2: 1, reach 2: 0, push 1: 1, reach 1: 1
+    a = abl.analyse(base, {"reference": {"after": arm}})
+    assert a["rows"]["reference"]["real_success"] == pytest.approx(0.75)
+    assert a["rows"]["reference"]["vs_base"][0] == pytest.approx((1 + 1 - 1 + 1) / 4)  # reach 1, push 1, reach 2, push 2
+    with pytest.raises(ValueError, match="different layouts"):
+        abl.analyse(base, {"reference": {"after": check([("reach", 9)] + layouts[1:], [1, 0, 1, 1])}})
+
+
+def test_ablation_arms_are_named_settings_and_an_unknown_one_is_refused():
+    import closed_loop_ablations as abl
+    from vla_rft.config import load_config
+
+    assert [a.name for a in abl.parse_arms("shuffled, horizon6")] == ["shuffled", "horizon6"]
+    with pytest.raises(ValueError, match="unknown arm.*horizon7.*known: reference"):
+        abl.parse_arms("reference,horizon7")
+    # every arm's overrides are valid config values that differ from the defaults
+    ref = load_config(str(Path(__file__).resolve().parents[1] / "params.yaml"), "standard", [])
+    for arm in abl.parse_arms(""):
+        cfg = load_config(str(Path(__file__).resolve().parents[1] / "params.yaml"), "standard", list(arm.overrides))
+        assert (cfg.section("rft") != ref.section("rft")) == bool(arm.overrides), arm.name
+
+
+def test_ablation_report_shows_each_arm_against_base_and_reference():
+    import closed_loop_ablations as abl
+
+    def check(real, imagined_share):
+        return {"episode_outcomes": {"task": ["reach", "push"] * 2, "seed": [1, 1, 2, 2], "real": real},
+                "imagined_success": imagined_share, "real_success": sum(real) / 4, "hallucination_rate": 0.0,
+                "correlation_across_tasks": None, "imagined_auc": 0.9, "seeds": [1, 3], "horizon_chunks": 12,
+                "threshold": 0.99}
+
+    train = {"imagined_success_first": 0.25, "imagined_success_last": 0.5, "groups_dropped": 3, "groups_total": 8,
+             "seconds_per_step": 3.456}
+    arms = {"reference": {"what": "the defaults", "after": check([1, 1, 0, 0], 0.5), "train": train},
+            "horizon6": {"what": "6 chunks", "after": check([1, 1, 1, 1], 0.25), "train": train,
+                         "own_instrument_base": check([0, 1, 0, 1], 0.75)}}
+    base = check([0, 1, 0, 1], 0.5)
+    text = abl.render({"command": "c", "date": "d", "platform": "p", "steps": 2, "profile": "standard",
+                       "base": base, "arms": arms, "analysis": abl.analyse(base, arms)})
+    rows = {}  # the first table's row of each arm
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    assert "| 50.0 | +0.0 [" in rows["reference"] and "| n/a |" in rows["reference"]  # 2 of 4, as the base
+    # vs base: reach +1 on both layouts, push 0 on both, so within-task resampling keeps +50 exactly
+    assert "| 100.0 | +50.0 [+50.0, +50.0] | +50.0 [" in rows["horizon6"]
+    assert "25.0 -> 50.0 | 3/8 | 3.46 |" in rows["reference"]
+    assert "own training setting" in text and text.count("| horizon6 |") == 2

@@ -1,0 +1,282 @@
+"""Ablations of episode-mode RFT on development seeds: which setting moves real success, and which way?
+
+The closed-loop headline (``benchmarks/closed_loop.py``) is measured on evaluation seeds. Choosing
+settings there would tune on the test set, so this script varies one ``rft`` setting at a time
+from the ``standard`` defaults and measures every fine-tuned policy on the *development* layouts of
+the honesty check (training-range seeds ``rft.honesty_seed_offset`` onwards, held out from the
+expert data and the rollouts; ``rft.honesty_episodes_per_task`` per task, ``rft.horizon`` chunks):
+
+    .venv/bin/python benchmarks/closed_loop_ablations.py --work runs/ablations \\
+        --dataset runs/cl/dataset --rollouts runs/cl/rollouts --policy runs/cl/policy_bc \\
+        --world-model runs/cl/world_model_grounded --expert-world-model runs/cl/world_model \\
+        --success-model runs/cl/success_model [--steps 80] [--arms reference,kl0.1,...]
+
+Every arm trains from the same base policy for ``--steps`` GRPO steps (the stage's own code,
+``stages.rft_episode``), then runs the same instrument: real episodes from the development
+layouts, and closed-loop imagination from the same layouts in the grounded world model judged at
+the judge's calibrated threshold. The real outcome of each layout is paired with the base policy's
+and the reference arm's, and the gains get a bootstrap interval resampling layouts within each task.
+Arms that change the instrument itself (the world model, the threshold, the horizon) also get the
+base policy's honesty under their own training setting: how honest the reward was that they learnt.
+
+Each arm's policy is an artifact under ``--work`` and its numbers a JSON file beside it: an
+interrupted run resumes (a half-trained arm from its checkpoint) and more arms can be added later.
+Writes ``--out`` (markdown) and its ``.json`` after every arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from headline import _log, _pct, _share, _signed, write_result  # noqa: E402
+
+from vla_rft import stages, storage  # noqa: E402
+from vla_rft.config import load_config  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    what: str
+    overrides: tuple[str, ...] = ()
+    world_model: str = "grounded"  # or "expert": the world model trained on expert episodes only
+
+
+#: one change each from the defaults, most informative first (a partial run still answers something)
+ARMS = {a.name: a for a in (
+    Arm("reference", "the defaults"),
+    Arm("kl0.1", "KL to the base policy, beta 0.1", ("rft.kl_beta=0.1",)),
+    Arm("shuffled", "advantages shuffled within each group (the control)", ("rft.shuffle_advantages=true",)),
+    Arm("horizon6", "6-chunk imagined episodes (12)", ("rft.horizon=6",)),
+    Arm("no_keyframes", "starts at reset frames only (keyframe share 0.5)", ("rft.keyframe_share=0",)),
+    Arm("no_filter", "groups with equal outcomes kept (dropped)", ("rft.filter_groups=false",)),
+    Arm("threshold0.9", "fixed success threshold 0.9 (calibrated)",
+        ("rft.success_threshold_source=fixed", "rft.success_threshold=0.9")),
+    Arm("dense0.5", "dense progress term 0.5 (off)", ("rft.progress_coef=0.5",)),
+    Arm("group4", "16 starts x group 4 (8 x 8)", ("rft.batch_starts=16", "rft.group_size=4")),
+    Arm("expert_wm", "world model of expert episodes only (grounded on the rollouts)", (), "expert"),
+)}
+
+#: what an arm's file keeps of a honesty check
+HONESTY_KEYS = ("imagined_success", "real_success", "correlation_across_tasks", "mean_abs_difference",
+                "hallucination_rate", "false_success_share", "imagined_auc", "threshold", "horizon_chunks",
+                "episodes", "seeds", "per_task", "episode_outcomes")
+
+
+def parse_arms(text: str | None) -> list[Arm]:
+    """``--arms`` (comma-separated names; all when empty) in the given order; an unknown name is an error."""
+    if not text:
+        return list(ARMS.values())
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    return [ARMS[n] for n in names]
+
+
+def paired_bootstrap(a, b, strata, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` (paired 0/1 outcomes of the same layouts) and its 95 % percentile interval,
+    resampling layouts with replacement within each stratum (task), so every task keeps its weight."""
+    a, b, strata = np.asarray(a, float), np.asarray(b, float), np.asarray(strata)
+    if not (len(a) == len(b) == len(strata)) or not len(a):
+        raise ValueError(f"paired outcomes need equal, non-zero lengths (got {len(a)}, {len(b)}, {len(strata)})")
+    d = a - b
+    groups = [np.flatnonzero(strata == s) for s in dict.fromkeys(strata.tolist())]
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for i in range(n_boot):
+        stats[i] = np.concatenate([d[rng.choice(g, len(g))] for g in groups]).mean()
+    return float(d.mean()), float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def _aligned(h: dict, ref: dict) -> np.ndarray:
+    """``h``'s real outcomes in ``ref``'s layout order (both from the same layouts)."""
+    ep, rp = h["episode_outcomes"], ref["episode_outcomes"]
+    by_layout = {(t, s): r for t, s, r in zip(ep["task"], ep["seed"], ep["real"])}
+    keys = list(zip(rp["task"], rp["seed"]))
+    if set(keys) != set(by_layout):
+        raise ValueError("honesty checks from different layouts cannot be paired")
+    return np.array([by_layout[k] for k in keys])
+
+
+def analyse(base: dict, arms: dict[str, dict]) -> dict:
+    """Per arm: real success after RFT, its gain over the base and over the reference arm (paired)."""
+    tasks = base["episode_outcomes"]["task"]
+    real0 = np.array(base["episode_outcomes"]["real"])
+    ref = arms.get("reference")
+    rows = {}
+    for name, r in arms.items():
+        real = _aligned(r["after"], base)
+        row = {"real_success": float(real.mean()), "vs_base": paired_bootstrap(real, real0, tasks)}
+        if ref is not None and name != "reference":
+            row["vs_reference"] = paired_bootstrap(real, _aligned(ref["after"], base), tasks)
+        rows[name] = row
+    return {"base_real_success": float(real0.mean()), "layouts": len(real0), "rows": rows}
+
+
+def _corr(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _interval(t) -> str:
+    return "n/a" if t is None else f"{_signed(t[0])} [{_signed(t[1])}, {_signed(t[2])}]"
+
+
+def render(result: dict) -> str:
+    base, a = result["base"], result["analysis"]
+    lines = [
+        "# Episode-mode RFT ablations on development seeds", "",
+        f"Generated by `{result['command']}` on {result['date']} ({result['platform']}).", "",
+        f"Every arm: {result['steps']} GRPO steps from the same base policy, one `rft` setting changed from the "
+        f"`{result['profile']}` defaults; then {a['layouts']} real episodes from the development layouts (seeds "
+        f"{base['seeds'][0]}..{base['seeds'][1] - 1} of the training range, {base['horizon_chunks']} chunks) and "
+        "closed-loop imagination from the same layouts (grounded world model, calibrated threshold "
+        f"{base['threshold']:.3f}). Gains are paired over layouts, 95 % bootstrap intervals within tasks, in points.",
+        "",
+        f"Base policy: real {_share(base['real_success'])}, imagined {_share(base['imagined_success'])}, correlation "
+        f"across tasks {_corr(base['correlation_across_tasks'])}, hallucination {_share(base['hallucination_rate'])} of real failures.", "",
+        "| arm | change | real success | vs base | vs reference | imagined (instrument) | hallucination | "
+        "imagined in training, first -> last tenth | groups dropped | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["arms"].items():
+        row, after, tr = a["rows"][name], r["after"], r["train"]
+        lines.append(
+            f"| {name} | {r['what']} | {_pct(row['real_success'])} | {_interval(row['vs_base'])} | "
+            f"{_interval(row.get('vs_reference'))} | {_pct(after['imagined_success'])} | "
+            f"{_share(after['hallucination_rate'])} | {_pct(tr['imagined_success_first'])} -> "
+            f"{_pct(tr['imagined_success_last'])} | {tr['groups_dropped']}/{tr['groups_total']} | "
+            f"{tr['seconds_per_step']:.2f} |")
+    own = {n: r["own_instrument_base"] for n, r in result["arms"].items() if r.get("own_instrument_base")}
+    if own:
+        lines += ["", "The base policy's honesty under the arms' own training setting (what their reward saw):", "",
+                  "| arm | imagined | real | correlation | hallucination | judge AUC on imagined frames |",
+                  "|---|---|---|---|---|---|"]
+        for name, h in own.items():
+            corr, auc = h["correlation_across_tasks"], h["imagined_auc"]
+            lines.append(f"| {name} | {_share(h['imagined_success'])} | {_share(h['real_success'])} | {_corr(corr)} | "
+                         f"{_share(h['hallucination_rate'])} | {'n/a' if auc is None else format(auc, '.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _slim(h: dict) -> dict:
+    return {k: h[k] for k in HONESTY_KEYS if k in h}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="runs/ablations", help="where the arms' policies and numbers go (reused)")
+    ap.add_argument("--profile", default="standard")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
+                    help="applies to every arm")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--rollouts", required=True)
+    ap.add_argument("--policy", required=True, help="the base (BC) policy")
+    ap.add_argument("--world-model", required=True, help="grounded on the rollouts")
+    ap.add_argument("--expert-world-model", required=True, help="trained on expert episodes only")
+    ap.add_argument("--success-model", required=True)
+    ap.add_argument("--steps", type=int, default=80, help="GRPO steps per arm")
+    ap.add_argument("--arms", default="", help=f"comma-separated, in this order (default all: {','.join(ARMS)})")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/closed_loop_ablations_mt10_seed0.md"))
+    args = ap.parse_args()
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
+    try:
+        arms = parse_arms(args.arms)
+    except ValueError as e:
+        ap.error(str(e))
+
+    from vla_rft.policy.modeling import VLAPolicy
+    from vla_rft.rft.honesty import honesty_check_from_config
+    from vla_rft.success.modeling import SuccessModel
+    from vla_rft.world_model.modeling import WorldModel
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    common = [*args.overrides, "rft.mode=episode", f"rft.steps={args.steps}"]
+    ref_cfg = load_config(args.params, args.profile, common)
+    wm_uris = {"grounded": args.world_model, "expert": args.expert_world_model}
+    device = ref_cfg.common.device
+    world_models = {k: WorldModel.from_pretrained(storage.read_artifact(u, expected_kind="world_model")[0],
+                                                  device=device) for k, u in wm_uris.items()}
+    judge = SuccessModel.from_pretrained(storage.read_artifact(args.success_model, expected_kind="success_model")[0],
+                                         device=device)
+    tasks = list(ref_cfg.sim.tasks)
+
+    def threshold(cfg) -> float:
+        return judge.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+
+    def load_policy(uri: str):
+        return VLAPolicy.from_pretrained(storage.read_artifact(uri, expected_kind="policy")[0], device=device).eval()
+
+    def base_honesty(cfg, wm: str) -> dict:
+        """The base policy's check under ``cfg``'s horizon and threshold in world model ``wm`` (cached)."""
+        key = f"base_honesty_{wm}_th{threshold(cfg):.4f}_h{cfg.rft.horizon}.json"
+        path = work / key
+        if not path.exists():
+            _log(f"base policy honesty: {key}")
+            h = honesty_check_from_config(cfg, load_policy(args.policy), world_models[wm], judge, threshold(cfg), tasks)
+            path.write_text(json.dumps(_slim(h), indent=2))
+        return json.loads(path.read_text())
+
+    base = base_honesty(ref_cfg, "grounded")
+    instrument = (threshold(ref_cfg), ref_cfg.rft.horizon, "grounded")
+    results: dict[str, dict] = {}
+    command = "benchmarks/closed_loop_ablations.py " + " ".join(sys.argv[1:])
+    for arm in arms:
+        path = work / f"{arm.name}.json"
+        uri = str(work / arm.name / "policy")
+        steps_done = (json.loads(path.read_text())["steps"] if path.exists() else
+                      storage.read_manifest(uri)["config"]["rft"]["steps"] if storage.artifact_exists(uri) else None)
+        if steps_done not in (None, args.steps):
+            raise SystemExit(f"{arm.name}: {work} holds a {steps_done}-step run, not {args.steps}; "
+                             f"pass --steps {steps_done} or another --work")
+        if not path.exists():
+            cfg = load_config(args.params, args.profile, [*common, *arm.overrides])
+            if storage.artifact_exists(uri):
+                _log(f"{arm.name}: reusing {uri}")
+                train = json.loads((Path(storage.read_artifact(uri, expected_kind="policy")[0]) / "summary.json")
+                                   .read_text())
+            else:
+                _log(f"{arm.name}: {args.steps} steps, {arm.what} -> {uri}")
+                train = stages.rft_episode(cfg, args.dataset, wm_uris[arm.world_model], args.policy,
+                                           args.success_model, uri, rollouts_uri=args.rollouts, verify=False,
+                                           progress=False)["train"]
+            _log(f"{arm.name}: trained, {train['seconds_per_step']:.2f} s/step; checking on the development layouts")
+            after = honesty_check_from_config(ref_cfg, load_policy(uri), world_models["grounded"], judge,
+                                              threshold(ref_cfg), tasks)
+            own = (None if (threshold(cfg), cfg.rft.horizon, arm.world_model) == instrument
+                   else base_honesty(cfg, arm.world_model))
+            path.write_text(json.dumps({
+                "arm": arm.name, "what": arm.what, "overrides": list(arm.overrides), "world_model": arm.world_model,
+                "policy": uri, "steps": args.steps, "train": {k: train.get(k) for k in (
+                    "seconds", "seconds_per_step", "threshold", "horizon", "imagined_success_first",
+                    "imagined_success_last", "groups_dropped", "groups_total")},
+                "after": _slim(after), "own_instrument_base": own}, indent=2))
+            _log(f"{arm.name}: real {after['real_success']:.0%} (base {base['real_success']:.0%}), "
+                 f"imagined {after['imagined_success']:.0%}, hallucination {_share(after['hallucination_rate'])}")
+        results[arm.name] = json.loads(path.read_text())
+        result = {"command": command, "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(),
+                  "profile": args.profile, "steps": args.steps, "inputs": {
+                      "dataset": args.dataset, "rollouts": args.rollouts, "policy": args.policy,
+                      "world_model": args.world_model, "expert_world_model": args.expert_world_model,
+                      "success_model": args.success_model},
+                  "base": base, "arms": results, "analysis": analyse(base, results)}
+        write_result(Path(args.out), result, render)
+
+
+if __name__ == "__main__":
+    main()
