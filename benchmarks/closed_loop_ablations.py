@@ -9,7 +9,7 @@ expert data and the rollouts; ``rft.honesty_episodes_per_task`` per task, ``rft.
     .venv/bin/python benchmarks/closed_loop_ablations.py --work runs/ablations \\
         --dataset runs/cl/dataset --rollouts runs/cl/rollouts --policy runs/cl/policy_bc \\
         --world-model runs/cl/world_model_grounded --expert-world-model runs/cl/world_model \\
-        --success-model runs/cl/success_model [--steps 80] [--arms reference,kl0.1,...]
+        --success-model runs/cl/success_model [--steps 60] [--arms reference,kl0.1,...]
 
 Every arm trains from the same base policy for ``--steps`` GRPO steps (the stage's own code,
 ``stages.rft_episode``), then runs the same instrument: real episodes from the development
@@ -57,16 +57,16 @@ class Arm:
 #: one change each from the defaults, most informative first (a partial run still answers something)
 ARMS = {a.name: a for a in (
     Arm("reference", "the defaults"),
-    Arm("kl0.1", "KL to the base policy, beta 0.1", ("rft.kl_beta=0.1",)),
-    Arm("shuffled", "advantages shuffled within each group (the control)", ("rft.shuffle_advantages=true",)),
+    Arm("kl0.1", "KL to the base policy, beta 0.1 (0)", ("rft.kl_beta=0.1",)),
     Arm("horizon6", "6-chunk imagined episodes (12)", ("rft.horizon=6",)),
     Arm("no_keyframes", "starts at reset frames only (keyframe share 0.5)", ("rft.keyframe_share=0",)),
+    Arm("group4", "16 starts x group 4 (8 x 8)", ("rft.batch_starts=16", "rft.group_size=4")),
     Arm("no_filter", "groups with equal outcomes kept (dropped)", ("rft.filter_groups=false",)),
     Arm("threshold0.9", "fixed success threshold 0.9 (calibrated)",
         ("rft.success_threshold_source=fixed", "rft.success_threshold=0.9")),
     Arm("dense0.5", "dense progress term 0.5 (off)", ("rft.progress_coef=0.5",)),
-    Arm("group4", "16 starts x group 4 (8 x 8)", ("rft.batch_starts=16", "rft.group_size=4")),
     Arm("expert_wm", "world model of expert episodes only (grounded on the rollouts)", (), "expert"),
+    Arm("shuffled", "advantages shuffled within each group (the control)", ("rft.shuffle_advantages=true",)),
 )}
 
 #: what an arm's file keeps of a honesty check
@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--world-model", required=True, help="grounded on the rollouts")
     ap.add_argument("--expert-world-model", required=True, help="trained on expert episodes only")
     ap.add_argument("--success-model", required=True)
-    ap.add_argument("--steps", type=int, default=80, help="GRPO steps per arm")
+    ap.add_argument("--steps", type=int, default=60, help="GRPO steps per arm")
     ap.add_argument("--arms", default="", help=f"comma-separated, in this order (default all: {','.join(ARMS)})")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/closed_loop_ablations_mt10_seed0.md"))
     args = ap.parse_args()
