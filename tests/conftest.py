@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
+# S3 outputs keep their checkpoints under $VLA_RFT_CACHE keyed by URI: one directory per test process,
+# so neither the user's ~/.cache nor another pytest worker's run with the same bucket and prefix is resumed
+os.environ["VLA_RFT_CACHE"] = tempfile.mkdtemp(prefix="vla-rft-test-cache-")
+atexit.register(shutil.rmtree, os.environ["VLA_RFT_CACHE"], True)
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: s3server, kfp_server
 
 
