@@ -200,7 +200,7 @@ def main() -> None:
         ap.error(str(e))
 
     from vla_rft.policy.modeling import VLAPolicy
-    from vla_rft.rft.honesty import honesty_check_from_config
+    from vla_rft.rft.honesty import honesty_check_from_config, success_threshold
     from vla_rft.success.modeling import SuccessModel
     from vla_rft.world_model.modeling import WorldModel
 
@@ -217,7 +217,7 @@ def main() -> None:
     tasks = list(ref_cfg.sim.tasks)
 
     def threshold(cfg) -> float:
-        return judge.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+        return success_threshold(cfg, judge)
 
     def load_policy(uri: str):
         return VLAPolicy.from_pretrained(storage.read_artifact(uri, expected_kind="policy")[0], device=device).eval()

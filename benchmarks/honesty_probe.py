@@ -38,7 +38,7 @@ def main() -> None:
     policies = dict(p.split("=", 1) for p in args.policy)
 
     from vla_rft.policy.modeling import VLAPolicy
-    from vla_rft.rft.honesty import honesty_check_from_config
+    from vla_rft.rft.honesty import honesty_check_from_config, success_threshold
     from vla_rft.success.modeling import SuccessModel
     from vla_rft.world_model.modeling import WorldModel
 
@@ -47,7 +47,7 @@ def main() -> None:
     judge_dir, _ = storage.read_artifact(args.success_model, expected_kind="success_model")
     world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
     judge = SuccessModel.from_pretrained(judge_dir, device=cfg.common.device)
-    threshold = judge.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+    threshold = success_threshold(cfg, judge)
     out = {"world_model": args.world_model, "success_model": args.success_model, "threshold": threshold,
            "policies": {}}
     for name, uri in policies.items():

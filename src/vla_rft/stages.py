@@ -924,7 +924,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
     from vla_rft.data import concat_datasets
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.rft.episode import train_episode_grpo
-    from vla_rft.rft.honesty import exploitation_warnings, honesty_check_from_config
+    from vla_rft.rft.honesty import exploitation_warnings, honesty_check_from_config, success_threshold
     from vla_rft.success.modeling import SuccessModel
     from vla_rft.world_model.modeling import WorldModel
 
@@ -942,7 +942,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         judge = SuccessModel.from_pretrained(judge_dir, device=cfg.common.device)
-        threshold = judge.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+        threshold = success_threshold(cfg, judge)
         settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
                     "inputs": [storage.read_manifest(u)["files"] for u in inputs]}
         ckpt, resume = prepare_checkpoint_dir(out_uri, "rft_episode", settings, checkpoint_dir, restart)

@@ -100,6 +100,12 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
     return out
 
 
+def success_threshold(cfg, success_model) -> float:
+    """The success probability an imagined episode must reach: the judge's calibrated threshold, or
+    ``rft.success_threshold`` when ``rft.success_threshold_source`` is ``fixed``."""
+    return success_model.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+
+
 def honesty_check_from_config(cfg, policy, world_model, success_model, threshold: float, tasks: list[str]) -> dict:
     """:func:`honesty_check` with the layouts, horizon and simulator of a resolved config (the
     ``rft`` section's honesty settings), as the RFT stage and the benchmarks run it."""
