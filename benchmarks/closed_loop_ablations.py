@@ -86,6 +86,18 @@ def parse_arms(text: str | None) -> list[Arm]:
     return [ARMS[n] for n in names]
 
 
+def cached_arms(work: Path, steps: int) -> dict[str, dict]:
+    """Every arm whose numbers are in ``work`` for ``steps`` GRPO steps, in :data:`ARMS` order."""
+    out = {}
+    for name in ARMS:
+        path = work / f"{name}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            if r["steps"] == steps:
+                out[name] = r
+    return out
+
+
 def paired_bootstrap(a, b, strata, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
     """Mean of ``a - b`` (paired 0/1 outcomes of the same layouts) and its 95 % percentile interval,
     resampling layouts with replacement within each stratum (task), so every task keeps its weight."""
@@ -159,6 +171,12 @@ def render(result: dict) -> str:
             f"{_share(after['hallucination_rate'])} | {_pct(tr['imagined_success_first'])} -> "
             f"{_pct(tr['imagined_success_last'])} | {tr['groups_dropped']}/{tr['groups_total']} | "
             f"{tr['seconds_per_step']:.2f} |")
+    tasks = list(base["per_task"])
+    lines += ["", "Real / imagined success per task on the development layouts (the base, then every arm after RFT):", "",
+              "| task | base | " + " | ".join(result["arms"]) + " |", "|---" * (len(result["arms"]) + 2) + "|"]
+    for t in tasks:
+        cells = [base["per_task"][t]] + [r["after"]["per_task"][t] for r in result["arms"].values()]
+        lines.append(f"| {t} | " + " | ".join(f"{c['real_success']:.1f} / {c['imagined_success']:.1f}" for c in cells) + " |")
     own = {n: r["own_instrument_base"] for n, r in result["arms"].items() if r.get("own_instrument_base")}
     if own:
         lines += ["", "The base policy's honesty under the arms' own training setting (what their reward saw):", "",
@@ -234,7 +252,6 @@ def main() -> None:
 
     base = base_honesty(ref_cfg, "grounded")
     instrument = (threshold(ref_cfg), ref_cfg.rft.horizon, "grounded")
-    results: dict[str, dict] = {}
     command = "benchmarks/closed_loop_ablations.py " + " ".join(sys.argv[1:])
     for arm in arms:
         path = work / f"{arm.name}.json"
@@ -268,7 +285,8 @@ def main() -> None:
                 "after": _slim(after), "own_instrument_base": own}, indent=2))
             _log(f"{arm.name}: real {after['real_success']:.0%} (base {base['real_success']:.0%}), "
                  f"imagined {after['imagined_success']:.0%}, hallucination {_share(after['hallucination_rate'])}")
-        results[arm.name] = json.loads(path.read_text())
+        # the table holds every arm measured in --work at these steps, not only this run's --arms
+        results = cached_arms(work, args.steps)
         result = {"command": command, "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(),
                   "profile": args.profile, "steps": args.steps, "inputs": {
                       "dataset": args.dataset, "rollouts": args.rollouts, "policy": args.policy,

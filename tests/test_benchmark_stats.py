@@ -163,10 +163,12 @@ def test_ablation_report_shows_each_arm_against_base_and_reference():
     import closed_loop_ablations as abl
 
     def check(real, imagined_share):
+        per_task = {t: {"real_success": (real[i] + real[i + 2]) / 2, "imagined_success": imagined_share}
+                    for i, t in enumerate(["reach", "push"])}
         return {"episode_outcomes": {"task": ["reach", "push"] * 2, "seed": [1, 1, 2, 2], "real": real},
                 "imagined_success": imagined_share, "real_success": sum(real) / 4, "hallucination_rate": 0.0,
                 "correlation_across_tasks": None, "imagined_auc": 0.9, "seeds": [1, 3], "horizon_chunks": 12,
-                "threshold": 0.99}
+                "threshold": 0.99, "per_task": per_task}
 
     train = {"imagined_success_first": 0.25, "imagined_success_last": 0.5, "groups_dropped": 3, "groups_total": 8,
              "seconds_per_step": 3.456}
@@ -184,4 +186,18 @@ def test_ablation_report_shows_each_arm_against_base_and_reference():
     # vs base: reach +1 on both layouts, push 0 on both, so within-task resampling keeps +50 exactly
     assert "| 100.0 | +50.0 [+50.0, +50.0] | +50.0 [" in rows["horizon6"]
     assert "25.0 -> 50.0 | 3/8 | 3.46 |" in rows["reference"]
-    assert "own training setting" in text and text.count("| horizon6 |") == 2
+    assert "own training setting" in text and text.count("\n| horizon6 |") == 2
+    # per task, real / imagined: the base, then each arm in the table's order
+    assert "| task | base | reference | horizon6 |" in text
+    assert "| reach | 0.0 / 0.5 | 0.5 / 0.5 | 1.0 / 0.2 |" in text and "| push | 1.0 / 0.5 | 0.5 / 0.5 | 1.0 / 0.2 |" in text
+
+
+def test_ablation_table_holds_every_arm_measured_at_the_same_steps(tmp_path):
+    import closed_loop_ablations as abl
+
+    # a run with --arms shuffled must not drop the arms an earlier run measured
+    for name, steps in (("shuffled", 60), ("reference", 60), ("kl0.1", 30)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"arm": name, "steps": steps}))
+    (tmp_path / "base_honesty_grounded_th0.9940_h12.json").write_text("{}")
+    assert list(abl.cached_arms(tmp_path, 60)) == ["reference", "shuffled"]  # ARMS order, 60-step runs only
+    assert list(abl.cached_arms(tmp_path, 30)) == ["kl0.1"]
