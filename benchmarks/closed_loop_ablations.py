@@ -27,6 +27,7 @@ Writes ``--out`` (markdown) and its ``.json`` after every arm.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -64,8 +65,15 @@ ARMS = {a.name: a for a in (
     Arm("no_filter", "groups with equal outcomes kept (dropped)", ("rft.filter_groups=false",)),
     Arm("threshold0.9", "fixed success threshold 0.9 (calibrated)",
         ("rft.success_threshold_source=fixed", "rft.success_threshold=0.9")),
+    Arm("per_task_threshold", "a threshold per task, calibrated on its val replays (one global)",
+        ("rft.success_threshold_source=per_task",)),
     Arm("dense0.5", "dense progress term 0.5 (off)", ("rft.progress_coef=0.5",)),
     Arm("expert_wm", "world model of expert episodes only (grounded on the rollouts)", (), "expert"),
+    # the shuffled control loses more than the reference: the update's own drift, not the reward, costs most;
+    # these arms move less per step or stay nearer the expert data
+    Arm("explore_low", "exploration std 0.1-0.2 (0.3-0.5)", ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2")),
+    Arm("bc0.1", "BC regulariser on expert chunks 0.1 (0.01)", ("rft.bc_coef=0.1",)),
+    Arm("lr1e-5", "learning rate 1e-5 (3e-5)", ("rft.lr=0.00001",)),
     Arm("shuffled", "advantages shuffled within each group (the control)", ("rft.shuffle_advantages=true",)),
 )}
 
@@ -189,6 +197,13 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _threshold_key(th: float | dict[str, float]) -> str:
+    """A file-name part for a threshold: ``0.9940``, or ``per_task-<hash>`` for one per task."""
+    if isinstance(th, dict):
+        return "per_task-" + hashlib.sha256(json.dumps(th, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{th:.4f}"
+
+
 def _slim(h: dict) -> dict:
     return {k: h[k] for k in HONESTY_KEYS if k in h}
 
@@ -242,7 +257,7 @@ def main() -> None:
 
     def base_honesty(cfg, wm: str) -> dict:
         """The base policy's check under ``cfg``'s horizon and threshold in world model ``wm`` (cached)."""
-        key = f"base_honesty_{wm}_th{threshold(cfg):.4f}_h{cfg.rft.horizon}.json"
+        key = f"base_honesty_{wm}_th{_threshold_key(threshold(cfg))}_h{cfg.rft.horizon}.json"
         path = work / key
         if not path.exists():
             _log(f"base policy honesty: {key}")

@@ -14,8 +14,9 @@ from vla_rft.data import concat_datasets, load_dataset
 from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
-from vla_rft.rft.episode import episode_advantages, episode_outcomes, masked_clipped_loss, train_episode_grpo
-from vla_rft.rft.honesty import exploitation_warnings, honesty_from_outcomes
+from vla_rft.rft.episode import (episode_advantages, episode_outcomes, masked_clipped_loss, per_episode_threshold,
+                                 train_episode_grpo)
+from vla_rft.rft.honesty import exploitation_warnings, honesty_from_outcomes, success_threshold
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
 from vla_rft.world_model.configuration import WorldModelConfig
@@ -84,6 +85,32 @@ def test_episode_ends_at_the_first_success_and_later_chunks_are_masked():
     success, mask = episode_outcomes(probs, 0.9)
     assert success.tolist() == [True, False, True]
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_per_task_thresholds_judge_each_episode_by_its_own_tasks_threshold():
+    judge = SuccessModel(SuccessModelConfig(channels=[4], hidden_size=4, task_embedding=2), image_size=16,
+                         tasks=["reach", "push"])
+    judge.threshold, judge.task_thresholds = 0.9, {"reach": 0.5, "push": 0.95}
+    # the same probabilities: a reach episode succeeds at 0.6, a push one needs 0.95
+    probs = torch.tensor([[0.1, 0.6, 0.2], [0.1, 0.6, 0.2], [0.1, 0.6, 0.96]])
+    th = per_episode_threshold(judge.task_thresholds, judge, torch.tensor([0, 1, 1]))
+    assert th.shape == (3, 1) and th[:, 0].tolist() == pytest.approx([0.5, 0.95, 0.95])
+    success, mask = episode_outcomes(probs, th)
+    assert success.tolist() == [True, False, True]
+    assert mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    assert per_episode_threshold(0.9, judge, torch.tensor([0, 1])) == 0.9  # a single threshold stays a float
+    with pytest.raises(ValueError, match=r"miss task\(s\) \['push'\]"):
+        per_episode_threshold({"reach": 0.5}, judge, torch.tensor([0]))
+
+    def cfg(**rft):
+        return load_config("params.yaml", "quick", [f"rft.{k}={v}" for k, v in rft.items()])
+
+    assert success_threshold(cfg(success_threshold_source="calibrated"), judge) == 0.9
+    assert success_threshold(cfg(success_threshold_source="per_task"), judge) == {"reach": 0.5, "push": 0.95}
+    assert success_threshold(cfg(success_threshold_source="fixed", success_threshold=0.7), judge) == 0.7
+    judge.task_thresholds = {}  # a judge calibrated before per-task thresholds existed
+    with pytest.raises(ValueError, match="per_task needs a success model calibrated per task"):
+        success_threshold(cfg(success_threshold_source="per_task"), judge)
 
 
 def test_trajectory_advantages_and_group_filtering_by_hand():

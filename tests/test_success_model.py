@@ -10,7 +10,7 @@ from vla_rft.config import CommonConfig, ConfigError
 from vla_rft.data import load_dataset
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
-from vla_rft.success.train import calibrate_threshold, frame_labels, roc_auc, train_success_model
+from vla_rft.success.train import calibrate_per_task, calibrate_threshold, frame_labels, roc_auc, train_success_model
 
 TINY = dict(channels=[8, 8], hidden_size=8, task_embedding=4, batch_size=8, checkpoint_interval=3, log_interval=1)
 REAL = dict(TINY, imagined_steps=0)  # real frames only: no world model needed
@@ -37,6 +37,26 @@ def test_precision_rule_picks_the_lowest_threshold_that_reaches_the_target():
     # unreachable precision falls back to balanced accuracy, and says so
     cal = calibrate_threshold(np.array([0.9, 0.8]), np.array([0, 1], bool), "precision", 0.99)
     assert cal["fallback"] and cal["threshold"] == pytest.approx(0.8)
+
+
+def test_per_task_thresholds_come_from_each_tasks_frames_and_keep_the_global_one_where_a_task_cannot_be_calibrated():
+    # reach's successes score high, push's lower but still ranked above its failures; the global
+    # threshold (0.8, set by reach) would never reward push
+    probs = np.array([0.75, 0.8, 0.9, 0.95, 0.2, 0.3, 0.4, 0.6, 0.7, 0.1, 0.2])
+    labels = np.array([0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0], bool)
+    task = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2])
+    glob = calibrate_threshold(probs, labels, "precision", 0.95)
+    assert glob["threshold"] == pytest.approx(0.8)
+    per = calibrate_per_task(probs, labels, task, ["reach", "push", "door-open"], "precision", 0.95, glob["threshold"])
+    assert per["reach"]["threshold"] == pytest.approx(0.8) and per["reach"]["fallback"] is None
+    assert per["push"]["threshold"] == pytest.approx(0.6) and per["push"]["recall"] == 1.0
+    assert per["push"]["frames"] == 5 and per["push"]["positive_frames"] == 2
+    # door-open's val frames hold failures only: nothing to calibrate on, the global threshold stays
+    assert per["door-open"]["threshold"] == pytest.approx(0.8) and "global threshold is kept" in per["door-open"]["fallback"]
+    # a task where no threshold reaches the precision keeps the global one too, not the laxer balanced one
+    hard = calibrate_per_task(np.array([0.9, 0.8, 0.7]), np.array([0, 1, 1], bool), np.zeros(3, int), ["reach"],
+                              "precision", 0.95, 0.97)
+    assert hard["reach"]["threshold"] == 0.97 and "no threshold reaches precision" in hard["reach"]["fallback"]
 
 
 def test_frame_labels_are_the_success_of_the_action_before(tiny_dataset):
@@ -150,6 +170,10 @@ def test_imagined_fine_tune_calibrates_on_imagined_frames_and_resumes_exactly(ti
     val = replay_frames(wm, data, "val", horizon=16, keyframes_per_episode=1, seed=COMMON.seed)
     probs = a.probability(val.frames, torch.from_numpy(val.task_index)).numpy()
     assert a.threshold == pytest.approx(calibrate_threshold(probs, val.labels, "precision", 0.95)["threshold"])
+    # and one per task, on that task's replays, saved beside it and read back
+    per = calibrate_per_task(probs, val.labels, val.task_index, list(data.tasks), "precision", 0.95, a.threshold)
+    assert a.task_thresholds == pytest.approx({t: c["threshold"] for t, c in per.items()})
+    assert set(a.task_thresholds) == set(data.tasks)
     # without the imagined phase the world model changes nothing: real-frame training and calibration
     real = train_success_model(SuccessModelConfig(**REAL, steps=2), COMMON, data, tmp_path / "r", tmp_path / "r" / "c",
                                progress=False, world_model=wm, horizon=16)

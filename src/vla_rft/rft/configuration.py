@@ -19,7 +19,7 @@ REWARD_TARGETS: tuple[str, ...] = ("expert_imagined", "real_frames")
 TRAINABLE: tuple[str, ...] = ("all", "trunk_and_heads", "heads")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 MODES: tuple[str, ...] = ("chunk", "episode")
-THRESHOLD_SOURCES: tuple[str, ...] = ("calibrated", "fixed")
+THRESHOLD_SOURCES: tuple[str, ...] = ("calibrated", "per_task", "fixed")
 
 
 @dataclass
@@ -65,8 +65,9 @@ class RFTConfig:
     mode: Literal["chunk", "episode"] = "chunk"
     horizon: int = 12  #: chunks per imagined episode (WMPO 23-48, WoVR 32; 12 x 8 = 96 steps covers most tasks)
     keyframe_share: float = 0.5  #: share of starts taken at a random frame inside a recorded episode (else its reset frame)
-    #: the success threshold: "calibrated" (the success model's calibration.json) or "fixed" (success_threshold)
-    success_threshold_source: Literal["calibrated", "fixed"] = "calibrated"
+    #: the success threshold: "calibrated" (the success model's calibration.json), "per_task" (its threshold
+    #: per task, calibrated on that task's val frames) or "fixed" (success_threshold)
+    success_threshold_source: Literal["calibrated", "per_task", "fixed"] = "calibrated"
     success_threshold: float = 0.9  #: used with success_threshold_source: fixed (WoVR 0.9, WMPO 0.96)
     filter_groups: bool = True  #: drop groups whose episodes all share one outcome (no signal; counted in the curves)
     progress_coef: float = 0.0  #: optional dense term: + progress_coef * max success probability over the episode

@@ -63,14 +63,29 @@ def start_rows(data: LoadedDataset, split: str, n: int, keyframe_share: float, r
     return np.asarray(rows, np.int64)
 
 
-def episode_outcomes(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def episode_outcomes(probs: torch.Tensor, threshold: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(success (N,) bool, mask (N, H) float)`` from per-chunk success probabilities (N, H):
-    success at the first chunk with p >= threshold; the mask keeps chunks up to and including it."""
+    success at the first chunk with p >= threshold (a float, or (N, 1): one per episode); the mask
+    keeps chunks up to and including it."""
     hit = probs >= threshold
     success = hit.any(1)
     first = torch.where(success, hit.float().argmax(1), torch.full_like(success, probs.shape[1] - 1, dtype=torch.long))
     mask = (torch.arange(probs.shape[1])[None] <= first[:, None]).float()
     return success, mask
+
+
+def per_episode_threshold(threshold: float | dict[str, float], success_model,
+                          judge_tasks: torch.Tensor) -> float | torch.Tensor:
+    """The threshold for episodes of the judge's task index ``judge_tasks`` (N,): a float as it is,
+    a per-task mapping (``rft.success_threshold_source: per_task``) as an (N, 1) tensor, each
+    episode its own task's, which :func:`episode_outcomes` broadcasts over the chunks."""
+    if not isinstance(threshold, dict):
+        return threshold
+    missing = [t for t in success_model.tasks if t not in threshold]
+    if missing:
+        raise ValueError(f"per-task success thresholds miss task(s) {missing}")
+    values = torch.tensor([float(threshold[t]) for t in success_model.tasks])
+    return values[judge_tasks.long().cpu()].reshape(-1, 1)
 
 
 def episode_advantages(rewards: torch.Tensor, eps: float, filter_groups: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +111,7 @@ def masked_clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.T
 
 
 def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model, policy,
-                       success_model, threshold: float, out_dir: Path, checkpoint_dir: Path, resume: bool = False,
+                       success_model, threshold: float | dict[str, float], out_dir: Path, checkpoint_dir: Path, resume: bool = False,
                        progress: bool = True) -> dict:
     """Fine-tune ``policy`` in place with GRPO over imagined episodes; writes model and curves to ``out_dir``."""
     check_compatible(policy, world_model, data)
@@ -153,7 +168,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
             n = b * g
             probs = success_model.probability(episodes.last_frames.flatten(0, 1),
                                               task_map[tasks].repeat_interleave(horizon)).reshape(n, horizon).cpu()
-            success, mask = episode_outcomes(probs, threshold)
+            success, mask = episode_outcomes(probs, per_episode_threshold(threshold, success_model, task_map[tasks]))
             rewards = success.float() + cfg.progress_coef * (probs * mask).max(1).values
 
             # 4. advantages, shared by every chunk of an episode

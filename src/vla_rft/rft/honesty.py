@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_rft.rft.episode import episode_outcomes
+from vla_rft.rft.episode import episode_outcomes, per_episode_threshold
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
 from vla_rft.success.train import roc_auc
@@ -64,7 +64,7 @@ def exploitation_warnings(before: dict, after: dict, margin: float = 0.1) -> lis
             f"(base policy {b:.0%}): it exploits the world model and the judge"]
 
 
-def honesty_check(policy, world_model, success_model, threshold: float, sim, tasks: list[str], *,
+def honesty_check(policy, world_model, success_model, threshold: float | dict[str, float], sim, tasks: list[str], *,
                   episodes_per_task: int, seed_offset: int, horizon: int, batch_size: int = 12) -> dict:
     """Run the check (see the module docstring); ``sim`` is a real BatchedSimulator."""
     specs = [EpisodeSpec(t, seed_offset + i) for i in range(episodes_per_task) for t in tasks]
@@ -86,7 +86,7 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
     judge_tasks = torch.as_tensor(success_model.task_order(tasks))[task_index]
     probs = success_model.probability(episodes.last_frames.flatten(0, 1),
                                       judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon)
-    imagined, _ = episode_outcomes(probs.cpu(), threshold)
+    imagined, _ = episode_outcomes(probs.cpu(), per_episode_threshold(threshold, success_model, judge_tasks))
     real_success = np.array([r.success for r in real])
     out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(), real_success)
     out.update({"seeds": [seed_offset, seed_offset + episodes_per_task], "horizon_chunks": horizon,
@@ -100,13 +100,23 @@ def honesty_check(policy, world_model, success_model, threshold: float, sim, tas
     return out
 
 
-def success_threshold(cfg, success_model) -> float:
-    """The success probability an imagined episode must reach: the judge's calibrated threshold, or
-    ``rft.success_threshold`` when ``rft.success_threshold_source`` is ``fixed``."""
-    return success_model.threshold if cfg.rft.success_threshold_source == "calibrated" else cfg.rft.success_threshold
+def success_threshold(cfg, success_model) -> float | dict[str, float]:
+    """The success probability an imagined episode must reach, by ``rft.success_threshold_source``:
+    the judge's calibrated threshold (``calibrated``), its threshold per task name (``per_task``),
+    or ``rft.success_threshold`` (``fixed``)."""
+    source = cfg.rft.success_threshold_source
+    if source == "fixed":
+        return cfg.rft.success_threshold
+    if source == "per_task":
+        if not success_model.task_thresholds:
+            raise ValueError("rft.success_threshold_source: per_task needs a success model calibrated per task "
+                             "(thresholds_per_task in its calibration.json); this one predates them: "
+                             "train it again with train-success-model")
+        return dict(success_model.task_thresholds)
+    return success_model.threshold
 
 
-def honesty_check_from_config(cfg, policy, world_model, success_model, threshold: float, tasks: list[str]) -> dict:
+def honesty_check_from_config(cfg, policy, world_model, success_model, threshold: float | dict[str, float], tasks: list[str]) -> dict:
     """:func:`honesty_check` with the layouts, horizon and simulator of a resolved config (the
     ``rft`` section's honesty settings), as the RFT stage and the benchmarks run it."""
     from vla_rft.sim.vector import BatchedSimulator

@@ -42,6 +42,9 @@ class SuccessModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(c_in + config.task_embedding, config.hidden_size), nn.SiLU(),
                                   nn.Linear(config.hidden_size, 1))
         self.threshold = 0.5  #: decision threshold on p; set by calibration, saved in calibration.json
+        #: a threshold per task name, calibrated on that task's val frames (calibration.json
+        #: ``thresholds_per_task``); empty for a model calibrated before they existed
+        self.task_thresholds: dict[str, float] = {}
 
     def forward(self, images: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -100,5 +103,7 @@ class SuccessModel(nn.Module):
         arch = {k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}
         model = cls(SuccessModelConfig(**arch), image_size=meta["image_size"], tasks=meta["tasks"])
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
-        model.threshold = float(json.loads((directory / CALIBRATION_NAME).read_text())["threshold"])
+        calibration = json.loads((directory / CALIBRATION_NAME).read_text())
+        model.threshold = float(calibration["threshold"])
+        model.task_thresholds = {k: float(v) for k, v in calibration.get("thresholds_per_task", {}).items()}
         return model.to(device).eval()

@@ -99,6 +99,26 @@ def calibrate_threshold(probs: np.ndarray, labels: np.ndarray, rule: str, target
     return {**out, "threshold": th, **s, "target_precision": target_precision}
 
 
+def calibrate_per_task(probs: np.ndarray, labels: np.ndarray, task_index: np.ndarray, tasks: list[str], rule: str,
+                       target_precision: float, global_threshold: float) -> dict[str, dict[str, Any]]:
+    """A threshold per task, by :func:`calibrate_threshold` on that task's frames alone.
+
+    One global threshold is set by the tasks whose frames the judge scores highest: a task whose
+    successful frames never reach it is never rewarded, however well the judge ranks its frames.
+    A task whose frames hold one class only, or none of whose thresholds reaches the precision,
+    keeps ``global_threshold`` (``fallback`` says why), never a laxer one.
+    """
+    out = {}
+    for t, name in enumerate(tasks):
+        sel = np.asarray(task_index) == t
+        c = calibrate_threshold(probs[sel], labels[sel], rule, target_precision)
+        c.update({"frames": int(sel.sum()), "positive_frames": int(np.asarray(labels)[sel].sum())})
+        if c["fallback"]:
+            c.update({"fallback": f"{c['fallback']}; the global threshold is kept", "threshold": float(global_threshold)})
+        out[name] = c
+    return out
+
+
 def imagined_summary(imagined, imagined_val, probs: np.ndarray, data: LoadedDataset) -> dict[str, Any]:
     """How well the judge reads the world model's frames of the val episodes' replays: frame AUC
     (all, per source, per task) and episode AUC (the highest probability of a reset-frame replay
@@ -220,14 +240,20 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
         raise ValueError("the dataset has no val episodes: the success threshold cannot be calibrated")
     probs = model.probability(images[val_rows], task_index[val_rows]).cpu().numpy()
     if imagined_val is None:
-        calibration = calibrate_threshold(probs, val_labels, cfg.threshold_rule, cfg.target_precision)
-        calibration["calibrated_on"] = "real val frames"
+        cal_probs, cal_labels, cal_tasks = probs, val_labels, data.task_index[val_rows]
+        calibration = {"calibrated_on": "real val frames"}
     else:
         im_probs = model.probability(imagined_val.frames, torch.from_numpy(imagined_val.task_index)).cpu().numpy()
-        calibration = calibrate_threshold(im_probs, imagined_val.labels, cfg.threshold_rule, cfg.target_precision)
-        calibration.update({"calibrated_on": "imagined val frames", "imagined": imagined_summary(
-            imagined, imagined_val, im_probs, data)})
+        cal_probs, cal_labels, cal_tasks = im_probs, imagined_val.labels, imagined_val.task_index
+        calibration = {"calibrated_on": "imagined val frames",
+                       "imagined": imagined_summary(imagined, imagined_val, im_probs, data)}
+    calibration = {**calibrate_threshold(cal_probs, cal_labels, cfg.threshold_rule, cfg.target_precision), **calibration}
+    per_task = calibrate_per_task(cal_probs, cal_labels, cal_tasks, list(data.tasks), cfg.threshold_rule,
+                                  cfg.target_precision, calibration["threshold"])
+    calibration.update({"thresholds_per_task": {n: c["threshold"] for n, c in per_task.items()},
+                        "per_task_calibration": per_task})
     model.threshold = float(calibration["threshold"])
+    model.task_thresholds = dict(calibration["thresholds_per_task"])
     sources = np.array([data.episodes[int(data.episode_index[r])].get("source", "expert") for r in val_rows])
     auc = {"all": roc_auc(probs, val_labels),
            **{f"source_{s}": roc_auc(probs[sources == s], val_labels[sources == s]) for s in sorted(set(sources))}}
