@@ -57,6 +57,8 @@ def test_per_task_thresholds_come_from_each_tasks_frames_and_keep_the_global_one
     hard = calibrate_per_task(np.array([0.9, 0.8, 0.7]), np.array([0, 1, 1], bool), np.zeros(3, int), ["reach"],
                               "precision", 0.95, 0.97)
     assert hard["reach"]["threshold"] == 0.97 and "no threshold reaches precision" in hard["reach"]["fallback"]
+    # and its numbers are the kept threshold's (nothing reaches 0.97: recall 0), not the balanced one's
+    assert hard["reach"]["recall"] == 0.0 and hard["reach"]["precision"] == 1.0
 
 
 def test_frame_labels_are_the_success_of_the_action_before(tiny_dataset):

@@ -63,6 +63,16 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def threshold_stats(probs: np.ndarray, labels: np.ndarray, th: float) -> dict[str, float]:
+    """Precision, recall and balanced accuracy of ``probs >= th`` (both classes present)."""
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, bool)
+    pred = probs >= th
+    tp, fp = int((pred & labels).sum()), int((pred & ~labels).sum())
+    tpr, tnr = tp / labels.sum(), int((~pred & ~labels).sum()) / (~labels).sum()
+    return {"precision": tp / (tp + fp) if tp + fp else 1.0, "recall": float(tpr),
+            "balanced_accuracy": float((tpr + tnr) / 2)}
+
+
 def calibrate_threshold(probs: np.ndarray, labels: np.ndarray, rule: str, target_precision: float) -> dict[str, Any]:
     """The decision threshold on held-out probabilities, and what it achieves there.
 
@@ -76,15 +86,7 @@ def calibrate_threshold(probs: np.ndarray, labels: np.ndarray, rule: str, target
     if labels.all() or not labels.any():
         return {"threshold": 0.5, "rule": rule, "fallback": "val frames hold one class only: threshold 0.5"}
     candidates = np.unique(probs)
-
-    def stats(th: float) -> dict[str, float]:
-        pred = probs >= th
-        tp, fp = int((pred & labels).sum()), int((pred & ~labels).sum())
-        tpr, tnr = tp / labels.sum(), int((~pred & ~labels).sum()) / (~labels).sum()
-        return {"precision": tp / (tp + fp) if tp + fp else 1.0, "recall": float(tpr),
-                "balanced_accuracy": float((tpr + tnr) / 2)}
-
-    table = [(float(th), stats(th)) for th in candidates]
+    table = [(float(th), threshold_stats(probs, labels, th)) for th in candidates]
     best_ba = max(table, key=lambda r: (r[1]["balanced_accuracy"], r[0]))
     out: dict[str, Any] = {"rule": rule, "fallback": None}
     if rule == "precision":
@@ -108,13 +110,15 @@ def calibrate_per_task(probs: np.ndarray, labels: np.ndarray, task_index: np.nda
     A task whose frames hold one class only, or none of whose thresholds reaches the precision,
     keeps ``global_threshold`` (``fallback`` says why), never a laxer one.
     """
-    out = {}
+    probs, labels, out = np.asarray(probs, np.float64), np.asarray(labels, bool), {}
     for t, name in enumerate(tasks):
         sel = np.asarray(task_index) == t
         c = calibrate_threshold(probs[sel], labels[sel], rule, target_precision)
         c.update({"frames": int(sel.sum()), "positive_frames": int(np.asarray(labels)[sel].sum())})
         if c["fallback"]:
             c.update({"fallback": f"{c['fallback']}; the global threshold is kept", "threshold": float(global_threshold)})
+            if labels[sel].any() and not labels[sel].all():  # what the kept threshold achieves on this task
+                c.update(threshold_stats(probs[sel], labels[sel], global_threshold))
         out[name] = c
     return out
 
