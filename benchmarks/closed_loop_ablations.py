@@ -106,6 +106,20 @@ def cached_arms(work: Path, steps: int) -> dict[str, dict]:
     return out
 
 
+def table_command(argv: list[str], arms: list[str]) -> str:
+    """The command that reproduces a table of ``arms``: ``argv`` with ``--arms`` naming them all (a run
+    may have trained only some of them and reused the others from ``--work``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--arms":
+            skip = True
+        elif not a.startswith("--arms="):
+            out.append(a)
+    return " ".join(["benchmarks/closed_loop_ablations.py", *out, "--arms", ",".join(arms)])
+
+
 def paired_bootstrap(a, b, strata, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
     """Mean of ``a - b`` (paired 0/1 outcomes of the same layouts) and its 95 % percentile interval,
     resampling layouts with replacement within each stratum (task), so every task keeps its weight."""
@@ -267,7 +281,6 @@ def main() -> None:
 
     base = base_honesty(ref_cfg, "grounded")
     instrument = (threshold(ref_cfg), ref_cfg.rft.horizon, "grounded")
-    command = "benchmarks/closed_loop_ablations.py " + " ".join(sys.argv[1:])
     for arm in arms:
         path = work / f"{arm.name}.json"
         uri = str(work / arm.name / "policy")
@@ -302,7 +315,7 @@ def main() -> None:
                  f"imagined {after['imagined_success']:.0%}, hallucination {_share(after['hallucination_rate'])}")
         # the table holds every arm measured in --work at these steps, not only this run's --arms
         results = cached_arms(work, args.steps)
-        result = {"command": command, "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(),
+        result = {"command": table_command(sys.argv[1:], list(results)), "date": time.strftime("%Y-%m-%d"), "platform": platform.platform(),
                   "profile": args.profile, "steps": args.steps, "inputs": {
                       "dataset": args.dataset, "rollouts": args.rollouts, "policy": args.policy,
                       "world_model": args.world_model, "expert_world_model": args.expert_world_model,

@@ -201,3 +201,7 @@ def test_ablation_table_holds_every_arm_measured_at_the_same_steps(tmp_path):
     (tmp_path / "base_honesty_grounded_th0.9940_h12.json").write_text("{}")
     assert list(abl.cached_arms(tmp_path, 60)) == ["reference", "shuffled"]  # ARMS order, 60-step runs only
     assert list(abl.cached_arms(tmp_path, 30)) == ["kl0.1"]
+    # the command recorded for the table names all of its arms, not just those this run trained
+    assert abl.table_command(["--work", "w", "--arms", "shuffled", "--steps", "60"], ["reference", "shuffled"]) == \
+        "benchmarks/closed_loop_ablations.py --work w --steps 60 --arms reference,shuffled"
+    assert abl.table_command(["--arms=shuffled"], ["shuffled"]) == "benchmarks/closed_loop_ablations.py --arms shuffled"
