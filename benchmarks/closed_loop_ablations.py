@@ -74,6 +74,8 @@ ARMS = {a.name: a for a in (
     Arm("explore_low", "exploration std 0.1-0.2 (0.3-0.5)", ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2")),
     Arm("bc0.1", "BC regulariser on expert chunks 0.1 (0.01)", ("rft.bc_coef=0.1",)),
     Arm("lr1e-5", "learning rate 1e-5 (3e-5)", ("rft.lr=0.00001",)),
+    Arm("explore_low_lr1e-5", "exploration std 0.1-0.2 and learning rate 1e-5 (the two best, together)",
+        ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.lr=0.00001")),
     Arm("shuffled", "advantages shuffled within each group (the control)", ("rft.shuffle_advantages=true",)),
 )}
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 R=${1:-runs/cl}
 POLICY=${2:-runs/ablations_chain2/reference/policy}
 W=${3:-runs/ablations_chain2_g2}
-ARMS=${4:-reference,explore_low,lr1e-5}
+ARMS=${4:-reference,explore_low,lr1e-5,explore_low_lr1e-5}
 V=.venv/bin/vla-rft
 P="--profile standard"
 t() {  # t NAME OUT CMD...: run CMD unless OUT exists; log to $R/NAME.log, time to $R/times.txt
