@@ -13,13 +13,7 @@ W=${3:-runs/ablations_chain2_g2}
 ARMS=${4:-reference,explore_low,lr1e-5,explore_low_lr1e-5}
 V=.venv/bin/vla-rft
 P="--profile standard"
-t() {  # t NAME OUT CMD...: run CMD unless OUT exists; log to $R/NAME.log, time to $R/times.txt
-  local n=$1 out=$2; shift 2
-  [ -e "$out" ] && { echo "$n: reusing $out"; return; }
-  local s; s=$(date +%s)
-  "$@" > "$R/$n.log" 2>&1
-  echo "$n $(( $(date +%s) - s )) s" >> "$R/times.txt"; tail -n 2 "$R/$n.log"
-}
+. benchmarks/stage_timer.sh
 # 20 episodes per task on training seeds after the base rollouts' (500000+) and before the honesty
 # layouts (900000+): the fine-tuned policy's failures, which the world model has not seen
 t collect-rollouts-ref $R/rollouts_ref $V collect-rollouts $P --policy "$POLICY" \

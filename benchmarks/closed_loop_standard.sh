@@ -8,13 +8,7 @@ R=${1:-runs/cl}
 V=.venv/bin/vla-rft
 P="--profile standard"
 mkdir -p "$R"
-t() {  # t NAME OUT CMD...: run CMD unless OUT exists; log to $R/NAME.log, time to $R/times.txt
-  local n=$1 out=$2; shift 2
-  [ -e "$out" ] && { echo "$n: reusing $out"; return; }
-  local s; s=$(date +%s)
-  "$@" > "$R/$n.log" 2>&1
-  echo "$n $(( $(date +%s) - s )) s" >> "$R/times.txt"; tail -n 3 "$R/$n.log"
-}
+. benchmarks/stage_timer.sh
 t prepare-data $R/dataset $V prepare-data $P --out $R/dataset
 t pretrain-policy $R/policy_bc $V pretrain-policy $P --dataset $R/dataset --out $R/policy_bc
 t collect-rollouts $R/rollouts $V collect-rollouts $P --policy $R/policy_bc --out $R/rollouts
