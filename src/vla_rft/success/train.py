@@ -110,15 +110,16 @@ def calibrate_per_task(probs: np.ndarray, labels: np.ndarray, task_index: np.nda
     A task whose frames hold one class only, or none of whose thresholds reaches the precision,
     keeps ``global_threshold`` (``fallback`` says why), never a laxer one.
     """
-    probs, labels, out = np.asarray(probs, np.float64), np.asarray(labels, bool), {}
+    probs, labels, task_index = np.asarray(probs, np.float64), np.asarray(labels, bool), np.asarray(task_index)
+    out = {}
     for t, name in enumerate(tasks):
-        sel = np.asarray(task_index) == t
-        c = calibrate_threshold(probs[sel], labels[sel], rule, target_precision)
-        c.update({"frames": int(sel.sum()), "positive_frames": int(np.asarray(labels)[sel].sum())})
+        p, y = probs[task_index == t], labels[task_index == t]
+        c = calibrate_threshold(p, y, rule, target_precision)
+        c.update({"frames": int(len(y)), "positive_frames": int(y.sum())})
         if c["fallback"]:
             c.update({"fallback": f"{c['fallback']}; the global threshold is kept", "threshold": float(global_threshold)})
-            if labels[sel].any() and not labels[sel].all():  # what the kept threshold achieves on this task
-                c.update(threshold_stats(probs[sel], labels[sel], global_threshold))
+            if y.any() and not y.all():  # what the kept threshold achieves on this task
+                c.update(threshold_stats(p, y, global_threshold))
         out[name] = c
     return out
 
