@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from headline import _log, _pct, _share, _signed, write_result  # noqa: E402
+from headline import _log, _pct, _share, _signed, crossed_interval_table, write_result  # noqa: E402
 
 from vla_rft import stages, storage  # noqa: E402
 from vla_rft.config import load_config  # noqa: E402
@@ -77,7 +78,24 @@ ARMS = {a.name: a for a in (
     Arm("explore_low_lr1e-5", "exploration std 0.1-0.2 and learning rate 1e-5 (the two best, together)",
         ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.lr=0.00001")),
     Arm("shuffled", "advantages shuffled within each group (the control)", ("rft.shuffle_advantages=true",)),
+    # the tasks with room to improve are never imagined successful, so their groups are all-fail and dropped;
+    # a dense term ranks their episodes by the judge's peak probability (frame AUC there 0.82-0.92)
+    Arm("explore_low_dense1", "exploration std 0.1-0.2 and dense progress term 1.0 (off)",
+        ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.progress_coef=1.0")),
+    # the drift hypothesis once more: the trunk (shared by every task) frozen, only the action heads move
+    Arm("explore_low_heads", "exploration std 0.1-0.2 and only the action heads trained (trunk and heads)",
+        ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.trainable=heads")),
 )}
+
+#: at one RFT seed per arm, differences of ~5 points between arms are noise: these arms also run with
+#: other seeds (``<arm>_s<seed>``: other starts, exploration noise and minibatches; the same base,
+#: world model, judge and development layouts), and the report pools each arm over its seeds
+REPLICATED, REPLICATE_SEEDS = ("reference", "explore_low"), (1, 2)
+for _name in REPLICATED:
+    for _seed in REPLICATE_SEEDS:
+        _arm = ARMS[_name]
+        ARMS[f"{_name}_s{_seed}"] = Arm(f"{_name}_s{_seed}", f"{_arm.what}; RFT seed {_seed} (0)",
+                                       (*_arm.overrides, f"common.seed={_seed}"), _arm.world_model)
 
 #: what an arm's file keeps of a honesty check
 HONESTY_KEYS = ("imagined_success", "real_success", "correlation_across_tasks", "mean_abs_difference",
@@ -159,7 +177,44 @@ def analyse(base: dict, arms: dict[str, dict]) -> dict:
         if ref is not None and name != "reference":
             row["vs_reference"] = paired_bootstrap(real, _aligned(ref["after"], base), tasks)
         rows[name] = row
-    return {"base_real_success": float(real0.mean()), "layouts": len(real0), "rows": rows}
+    return {"base_real_success": float(real0.mean()), "layouts": len(real0), "rows": rows,
+            "pooled": pooled_over_seeds(base, arms)}
+
+
+def arm_seed(name: str) -> tuple[str, int]:
+    """``explore_low_s2`` -> (``explore_low``, 2); a name without a seed suffix is seed 0."""
+    m = re.fullmatch(r"(.+)_s(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
+
+
+def pooled_over_seeds(base: dict, arms: dict[str, dict]) -> dict[str, dict]:
+    """Every arm measured at more than one RFT seed: its mean real success over the seeds, its gain over
+    the base and (paired seed by seed, where the reference ran with the same seeds) over the reference,
+    each with the interval over seeds and layouts of :func:`headline.crossed_interval_table`."""
+    real0 = np.array(base["episode_outcomes"]["real"], float)
+    runs: dict[str, dict[int, np.ndarray]] = {}
+    for name, r in arms.items():
+        group, seed = arm_seed(name)
+        runs.setdefault(group, {})[seed] = _aligned(r["after"], base).astype(float)
+    out = {}
+    for group, by_seed in runs.items():
+        if len(by_seed) < 2:
+            continue
+        seeds = sorted(by_seed)
+        row = {"seeds": seeds, "real_success": float(np.mean([by_seed[s].mean() for s in seeds])),
+               "real_success_per_seed": [float(by_seed[s].mean()) for s in seeds],
+               "vs_base": crossed_interval_table(np.stack([by_seed[s] - real0 for s in seeds]))}
+        ref = runs.get("reference", {})
+        common_seeds = [s for s in seeds if s in ref]
+        if group != "reference" and len(common_seeds) >= 2:
+            row["vs_reference"] = crossed_interval_table(np.stack([by_seed[s] - ref[s] for s in common_seeds]))
+            row["vs_reference_seeds"] = common_seeds
+        out[group] = row
+    return out
+
+
+def _crossed(c) -> str:
+    return "n/a" if c is None else f"{_signed(c['gain'])} [{_signed(c['ci'][0])}, {_signed(c['ci'][1])}]"
 
 
 def _corr(x) -> str:
@@ -195,6 +250,15 @@ def render(result: dict) -> str:
             f"{_share(after['hallucination_rate'])} | {_pct(tr['imagined_success_first'])} -> "
             f"{_pct(tr['imagined_success_last'])} | {tr['groups_dropped']}/{tr['groups_total']} | "
             f"{tr['seconds_per_step']:.2f} |")
+    if a.get("pooled"):
+        lines += ["", "Arms run with more than one RFT seed, pooled (mean over seeds; 95 % intervals over seeds and "
+                  "layouts, crossed random effects, `crossed_interval_table` in benchmarks/headline.py; vs reference "
+                  "paired seed by seed):", "",
+                  "| arm | seeds | real success, mean (per seed) | vs base | vs reference |", "|---|---|---|---|---|"]
+        for name, p in a["pooled"].items():
+            per_seed = ", ".join(_pct(x) for x in p["real_success_per_seed"])
+            lines.append(f"| {name} | {', '.join(map(str, p['seeds']))} | {_pct(p['real_success'])} ({per_seed}) | "
+                         f"{_crossed(p['vs_base'])} | {_crossed(p.get('vs_reference'))} |")
     tasks = list(base["per_task"])
     lines += ["", "Real / imagined success per task on the development layouts (the base, then every arm after RFT):", "",
               "| task | base | " + " | ".join(result["arms"]) + " |", "|---" * (len(result["arms"]) + 2) + "|"]

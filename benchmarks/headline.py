@@ -108,7 +108,14 @@ def crossed_interval(episodes: list[dict], policies: list[str], base: str, suite
         if sorted(a) != keys:
             raise ValueError(f"{name!r} and {base!r} were not evaluated on the same episodes of {suite!r}")
         rows.append([a[k] - b[k] for k in keys])
-    d = np.asarray(rows, dtype=float)
+    return crossed_interval_table(np.asarray(rows, dtype=float))
+
+
+def crossed_interval_table(d: np.ndarray) -> dict:
+    """:func:`crossed_interval` of a paired-difference table ``d`` (seeds x episodes) already built."""
+    d = np.asarray(d, dtype=float)
+    if d.ndim != 2 or not d.size:
+        raise ValueError(f"a seeds x episodes table of differences is needed, got shape {d.shape}")
     S, N = d.shape
     grand = float(d.mean())
     seed_means, ep_means = d.mean(axis=1), d.mean(axis=0)

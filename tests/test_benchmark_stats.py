@@ -153,10 +153,21 @@ def test_ablation_arms_are_named_settings_and_an_unknown_one_is_refused():
     with pytest.raises(ValueError, match="unknown arm.*horizon7.*known: reference"):
         abl.parse_arms("reference,horizon7")
     # every arm's overrides are valid config values that differ from the defaults
-    ref = load_config(str(Path(__file__).resolve().parents[1] / "params.yaml"), "standard", [])
+    params = str(Path(__file__).resolve().parents[1] / "params.yaml")
+    ref = load_config(params, "standard", [])
     for arm in abl.parse_arms(""):
-        cfg = load_config(str(Path(__file__).resolve().parents[1] / "params.yaml"), "standard", list(arm.overrides))
-        assert (cfg.section("rft") != ref.section("rft")) == bool(arm.overrides), arm.name
+        cfg = load_config(params, "standard", list(arm.overrides))
+        changed = (cfg.section("rft"), cfg.common) != (ref.section("rft"), ref.common)
+        assert changed == bool(arm.overrides), arm.name
+    # a replicate is its arm with another RFT seed and nothing else
+    for name in abl.REPLICATED:
+        for seed in abl.REPLICATE_SEEDS:
+            rep = abl.ARMS[f"{name}_s{seed}"]
+            assert abl.arm_seed(rep.name) == (name, seed) and abl.arm_seed(name) == (name, 0)
+            cfg, own = load_config(params, "standard", list(rep.overrides)), load_config(
+                params, "standard", list(abl.ARMS[name].overrides))
+            assert cfg.common.seed == seed and cfg.section("rft") == own.section("rft")
+    assert abl.arm_seed("explore_low_lr1e-5") == ("explore_low_lr1e-5", 0)
 
 
 def test_ablation_report_shows_each_arm_against_base_and_reference():
@@ -205,3 +216,51 @@ def test_ablation_table_holds_every_arm_measured_at_the_same_steps(tmp_path):
     assert abl.table_command(["--work", "w", "--arms", "shuffled", "--steps", "60"], ["reference", "shuffled"]) == \
         "benchmarks/closed_loop_ablations.py --work w --steps 60 --arms reference,shuffled"
     assert abl.table_command(["--arms=shuffled"], ["shuffled"]) == "benchmarks/closed_loop_ablations.py --arms shuffled"
+
+
+def test_crossed_interval_table_is_crossed_interval_of_the_built_table():
+    eps = _episodes({"base": [0, 1, 0, 1, 1, 0], "s0": [1, 1, 0, 1, 1, 1], "s1": [0, 1, 1, 1, 0, 0]})
+    c = headline.crossed_interval(eps, ["s0", "s1"], "base", "nominal")
+    # the same differences, in crossed_interval's (task, episode) order: push 0..2, then reach 0..2
+    order = [1, 3, 5, 0, 2, 4]
+    flags = {"base": [0, 1, 0, 1, 1, 0], "s0": [1, 1, 0, 1, 1, 1], "s1": [0, 1, 1, 1, 0, 0]}
+    d = [[flags[p][i] - flags["base"][i] for i in order] for p in ("s0", "s1")]
+    assert headline.crossed_interval_table(d) == c
+    for bad in ([], [1, 0, 1]):
+        with pytest.raises(ValueError, match="seeds x episodes table"):
+            headline.crossed_interval_table(bad)
+
+
+def test_ablation_arms_with_several_seeds_are_pooled_and_paired_seed_by_seed():
+    import closed_loop_ablations as abl
+
+    def check(real):
+        return {"after": {"episode_outcomes": {"task": ["reach", "push"] * 2, "seed": [1, 1, 2, 2], "real": real}},
+                "what": "w"}
+
+    base = check([0, 1, 0, 1])["after"]
+    arms = {"reference": check([1, 1, 0, 0]), "reference_s1": check([1, 1, 1, 0]),
+            "explore_low": check([1, 1, 1, 1]), "explore_low_s1": check([1, 1, 1, 1]),
+            "horizon6": check([0, 0, 0, 0]), "kl0.1": check([1, 0, 0, 0]), "kl0.1_s2": check([1, 1, 0, 0])}
+    pooled = abl.pooled_over_seeds(base, arms)
+    assert set(pooled) == {"reference", "explore_low", "kl0.1"}  # horizon6 ran once
+    ref = pooled["reference"]
+    assert ref["seeds"] == [0, 1] and ref["real_success_per_seed"] == [0.5, 0.75]
+    assert ref["real_success"] == pytest.approx(0.625)
+    assert ref["vs_base"]["gain"] == pytest.approx((0 + 0.25) / 2) and ref["vs_base"]["seeds"] == 2
+    assert "vs_reference" not in ref
+    # explore_low - reference, seed 0 with seed 0 and 1 with 1: (0, 0, 1, 1) and (0, 0, 0, 1)
+    low = pooled["explore_low"]
+    assert low["vs_reference"]["gain"] == pytest.approx(0.375) and low["vs_reference_seeds"] == [0, 1]
+    assert low["vs_base"]["gain"] == pytest.approx(0.5)
+    lo, hi = low["vs_reference"]["ci"]
+    assert lo < 0.375 < hi
+    # kl0.1 ran with seeds 0 and 2, the reference with 0 and 1: one common seed is no pairing over seeds
+    assert pooled["kl0.1"]["seeds"] == [0, 2] and "vs_reference" not in pooled["kl0.1"]
+    text = abl.render({"command": "c", "date": "d", "platform": "p", "steps": 2, "profile": "standard",
+                       "base": {**base, "imagined_success": 0.5, "real_success": 0.5, "hallucination_rate": 0.0,
+                                "correlation_across_tasks": None, "seeds": [1, 3], "horizon_chunks": 12,
+                                "threshold": 0.99, "per_task": {}},
+                       "arms": {}, "analysis": {"layouts": 4, "rows": {}, "pooled": pooled}})
+    assert "| explore_low | 0, 1 | 100.0 (100.0, 100.0) | +50.0 [" in text
+    assert "| reference | 0, 1 | 62.5 (50.0, 75.0) | +12.5 [" in text and text.rstrip().endswith("|")
