@@ -54,6 +54,7 @@ class Arm:
     what: str
     overrides: tuple[str, ...] = ()
     world_model: str = "grounded"  # or "expert": the world model trained on expert episodes only
+    veto: str | None = None  # a second world model ("expert"/"grounded") whose replay must confirm a success
 
 
 #: one change each from the defaults, most informative first (a partial run still answers something)
@@ -82,6 +83,12 @@ ARMS = {a.name: a for a in (
     # a dense term ranks their episodes by the judge's peak probability (frame AUC there 0.82-0.92)
     Arm("explore_low_dense1", "exploration std 0.1-0.2 and dense progress term 1.0 (off)",
         ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.progress_coef=1.0")),
+    # the exploits are one world model's artefacts: a success counts only if the expert-only world model's
+    # replay of the same actions is judged successful too (the min over two models)
+    Arm("veto_expert_wm", "success confirmed by the expert-only world model's replay (grounded alone)", (),
+        veto="expert"),
+    Arm("explore_low_veto", "exploration std 0.1-0.2 and success confirmed by the expert-only world model",
+        ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2"), veto="expert"),
     # the drift hypothesis once more: the trunk (shared by every task) frozen, only the action heads move
     Arm("explore_low_heads", "exploration std 0.1-0.2 and only the action heads trained (trunk and heads)",
         ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.trainable=heads")),
@@ -95,7 +102,7 @@ for _name in REPLICATED:
     for _seed in REPLICATE_SEEDS:
         _arm = ARMS[_name]
         ARMS[f"{_name}_s{_seed}"] = Arm(f"{_name}_s{_seed}", f"{_arm.what}; RFT seed {_seed} (0)",
-                                       (*_arm.overrides, f"common.seed={_seed}"), _arm.world_model)
+                                       (*_arm.overrides, f"common.seed={_seed}"), _arm.world_model, _arm.veto)
 
 #: what an arm's file keeps of a honesty check
 HONESTY_KEYS = ("imagined_success", "real_success", "correlation_across_tasks", "mean_abs_difference",
@@ -365,7 +372,8 @@ def main() -> None:
                 _log(f"{arm.name}: {args.steps} steps, {arm.what} -> {uri}")
                 train = stages.rft_episode(cfg, args.dataset, wm_uris[arm.world_model], args.policy,
                                            args.success_model, uri, rollouts_uri=args.rollouts, verify=False,
-                                           progress=False)["train"]
+                                           progress=False,
+                                           veto_world_model_uri=wm_uris[arm.veto] if arm.veto else None)["train"]
             _log(f"{arm.name}: trained, {train['seconds_per_step']:.2f} s/step; checking on the development layouts")
             after = honesty_check_from_config(ref_cfg, load_policy(uri), world_models["grounded"], judge,
                                               threshold(ref_cfg), tasks)
@@ -373,9 +381,10 @@ def main() -> None:
                    else base_honesty(cfg, arm.world_model))
             path.write_text(json.dumps({
                 "arm": arm.name, "what": arm.what, "overrides": list(arm.overrides), "world_model": arm.world_model,
+                "veto": arm.veto,
                 "policy": uri, "steps": args.steps, "train": {k: train.get(k) for k in (
                     "seconds", "seconds_per_step", "threshold", "horizon", "imagined_success_first",
-                    "imagined_success_last", "groups_dropped", "groups_total")},
+                    "imagined_success_last", "groups_dropped", "groups_total", "vetoed_successes")},
                 "after": _slim(after), "own_instrument_base": own}, indent=2))
             _log(f"{arm.name}: real {after['real_success']:.0%} (base {base['real_success']:.0%}), "
                  f"imagined {after['imagined_success']:.0%}, hallucination {_share(after['hallucination_rate'])}")

@@ -15,7 +15,7 @@ from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.episode import (episode_advantages, episode_outcomes, masked_clipped_loss, per_episode_threshold,
-                                 train_episode_grpo)
+                                 pessimistic_probabilities, train_episode_grpo)
 from vla_rft.rft.honesty import exploitation_warnings, honesty_from_outcomes, success_threshold
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
@@ -163,6 +163,65 @@ def test_episode_grpo_updates_and_resume_equals_uninterrupted(data, tmp_path):
                            data, wm, none, judge, 0.999999, tmp_path / "c", tmp_path / "c.ckpt", progress=False)
     assert s["groups_dropped"] == 2
     assert all(torch.equal(base[k], v) for k, v in none.state_dict().items())
+
+
+def test_a_veto_world_model_counts_only_the_successes_it_reproduces(data, tmp_path):
+    p = torch.tensor([[0.2, 0.95, 0.99], [0.97, 0.1, 0.1]])
+    v = torch.tensor([[0.9, 0.5, 0.96], [0.2, 0.3, 0.1]])
+    low = pessimistic_probabilities(p, v)
+    assert torch.equal(low, torch.tensor([[0.2, 0.5, 0.96], [0.2, 0.1, 0.1]]))
+    success, mask = episode_outcomes(low, 0.95)  # episode 0 succeeds one chunk later, episode 1 not at all
+    assert success.tolist() == [True, False] and mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+    with pytest.raises(ValueError, match="cannot be paired chunk by chunk"):
+        pessimistic_probabilities(p, v[:, :2])
+
+    torch.manual_seed(0)
+    judge = SuccessModel(SuccessModelConfig(channels=[8, 8], hidden_size=8, task_embedding=4), image_size=64,
+                         tasks=data.tasks)
+    wm, other = _world_model(data), _world_model(data)
+    with torch.no_grad():  # a second world model that renders other frames: its zero head keeps the start frame
+        for q in other.head.parameters():
+            q.zero_()
+        # imagined frames of random actions from dataset frames, to centre the judge on
+        rows = np.arange(0, len(data.images), max(1, len(data.images) // 32))
+        images = torch.from_numpy(np.ascontiguousarray(data.images[rows].transpose(0, 3, 1, 2)))
+        acts = torch.randn(len(rows), 3, 8, data.action_dim, generator=torch.Generator().manual_seed(0)) * 0.5
+        ep = imagine_episodes(wm, lambda _i, _s, _t, h: acts[:, h], images, torch.from_numpy(data.states[rows]),
+                              torch.from_numpy(data.task_index[rows]), 3)
+        frames, no_task = ep.last_frames.flatten(0, 1), torch.zeros(len(rows) * 3, dtype=torch.long)
+        # a judge whose answer depends on the frames (an untrained one answers ~ the same for all):
+        # logits scaled up and centred on these frames
+        judge.task_embeddings.weight.zero_()
+        judge.head[-1].weight.mul_(1000.0)
+        judge.head[-1].bias.sub_(judge(frames, no_task).median())
+        # a threshold that half the imagined episodes reach: the median of their peak probability
+        threshold = float(judge.probability(frames, no_task).reshape(len(rows), 3).max(1).values.median())
+    common = CommonConfig(seed=3, num_threads=2)
+    cfg = RFTConfig(mode="episode", steps=1, batch_starts=4, group_size=4, horizon=3, checkpoint_interval=0,
+                    ppo_epochs=1, lr=1e-3)
+
+    def run(name, veto):
+        policy = _policy(data)
+        s = train_episode_grpo(cfg, common, data, wm, policy, judge, threshold, tmp_path / name, tmp_path / f"{name}.ckpt",
+                               progress=False, veto_world_model=veto)
+        rows = (tmp_path / name / "curves.csv").read_text().splitlines()
+        row = dict(zip(rows[0].split(","), rows[1].split(",")))
+        return s, row, policy.state_dict()
+
+    alone, row0, w0 = run("alone", None)
+    same, _, w1 = run("same", wm)  # replaying in the same world model gives the same frames: nothing vetoed
+    assert same["vetoed_successes"] == 0 and all(torch.equal(w0[k], w1[k]) for k in w0)
+    vetoed, row2, _ = run("vetoed", other)
+    n = cfg.batch_starts * cfg.group_size
+    # the same starts and sampled actions at step 1: every vetoed episode is a success lost, none gained
+    assert 0 < vetoed["vetoed_successes"] == round(n * (float(row0["success_rate"]) - float(row2["success_rate"])))
+    assert int(row2["vetoed"]) == vetoed["vetoed_successes"] and vetoed["veto_world_model"] and not alone["veto_world_model"]
+    # chunk mode has no success reward: a veto world model there is refused before anything is read
+    chunk = load_config("params.yaml", "quick", ["rft.mode=chunk"])
+    with pytest.raises(ValueError, match="episode-mode input"):
+        stages.rft(chunk, "missing-data", "missing-wm", "missing-policy", str(tmp_path / "out"),
+                   veto_world_model_uri="missing-veto")
+    assert not (tmp_path / "out").exists()
 
 
 def test_honesty_numbers_by_hand_and_the_warning():

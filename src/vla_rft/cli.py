@@ -114,7 +114,8 @@ def _cmd_rft(args: argparse.Namespace) -> int:
     cfg = _load(args)
     s = stages.rft(cfg, args.dataset, args.world_model, args.policy, args.out, overwrite=args.overwrite,
                    checkpoint_dir=args.checkpoint_dir, restart=args.restart, verify=not args.no_verify,
-                   success_model_uri=args.success_model, rollouts_uri=args.rollouts)
+                   success_model_uri=args.success_model, rollouts_uri=args.rollouts,
+                   veto_world_model_uri=args.veto_world_model)
     if not _is_main_rank():
         return 0
     if s["train"].get("mode") == "episode":
@@ -225,6 +226,9 @@ def _report_rft_episode(args: argparse.Namespace, s: dict) -> int:
           f"{t['seconds_per_step']:.2f} s/step, imagined success {t['imagined_success_first']:.2f} -> "
           f"{t['imagined_success_last']:.2f}, groups dropped {t['groups_dropped']}/{t['groups_total']}, "
           f"{s['seconds']:.1f} s -> {s['uri']}")
+    if t.get("veto_world_model"):
+        print(f"rft (episode): {t['vetoed_successes']} imagined successes not reproduced by the veto world model's "
+              "replay, counted as failures")
     if h:
         corr = h["correlation_across_tasks"]
         print(f"rft (episode): honesty: imagined {h['imagined_success']:.0%} vs real {h['real_success']:.0%}, "
@@ -372,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the reward check against the real simulator")
     p.add_argument("--success-model", default=None, help="rft.mode episode: the success model (the reward)")
     p.add_argument("--rollouts", default=None, help="rft.mode episode: policy rollouts, more start frames")
+    p.add_argument("--veto-world-model", default=None,
+                   help="rft.mode episode: a second world model (e.g. the expert-only one); an imagined success "
+                        "counts only where its replay of the same actions is judged successful too")
     _training_args(p)
     p.set_defaults(func=_cmd_rft)
 

@@ -350,7 +350,7 @@ def _champion_as_base(cfg: Config, champion: dict, out_uri: str, overwrite: bool
 def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, out_uri: str, *,
         overwrite: bool = False, checkpoint_dir: str | Path | None = None, restart: bool = False,
         verify: bool = True, progress: bool = True, success_model_uri: str | None = None,
-        rollouts_uri: str | None = None) -> dict[str, Any]:
+        rollouts_uri: str | None = None, veto_world_model_uri: str | None = None) -> dict[str, Any]:
     """GRPO with verified rewards in the world model; publishes the fine-tuned policy and its curves.
 
     ``rft.mode: episode`` runs :func:`rft_episode` instead (it needs ``success_model_uri``).
@@ -358,7 +358,10 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
     if cfg.rft.mode == "episode":
         return rft_episode(cfg, dataset_uri, world_model_uri, policy_uri, success_model_uri, out_uri,
                            rollouts_uri=rollouts_uri, overwrite=overwrite, checkpoint_dir=checkpoint_dir,
-                           restart=restart, verify=verify, progress=progress)
+                           restart=restart, verify=verify, progress=progress, veto_world_model_uri=veto_world_model_uri)
+    if veto_world_model_uri:
+        raise ValueError("a veto world model is an episode-mode input (rft.mode: episode); chunk mode has no "
+                         "success reward to veto")
     from vla_rft.policy.modeling import VLAPolicy
     from vla_rft.rft.grpo import check_compatible, train_grpo
     from vla_rft.rft.verify import reward_fidelity
@@ -912,9 +915,11 @@ def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, w
 def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, success_model_uri: str | None,
                 out_uri: str, *, rollouts_uri: str | None = None, overwrite: bool = False,
                 checkpoint_dir: str | Path | None = None, restart: bool = False, verify: bool = True,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, veto_world_model_uri: str | None = None) -> dict[str, Any]:
     """GRPO over closed-loop imagined episodes judged by the success model; writes ``honesty.json``
-    (imagined vs real success of the base policy on held-out training-range seeds)."""
+    (imagined vs real success of the base policy on held-out training-range seeds). With
+    ``veto_world_model_uri`` (another world model, e.g. the expert-only one) the reward is pessimistic:
+    an imagined success counts only where that model's replay of the same actions is judged successful too."""
     if distributed.context().distributed:
         from vla_rft.errors import ConfigError
 
@@ -932,7 +937,8 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         raise ValueError("rft.mode is 'episode': pass --success-model (the train-success-model stage's output)")
     _refuse_existing(out_uri, "policy", overwrite)
     start = time.time()
-    inputs = [u for u in (dataset_uri, rollouts_uri, world_model_uri, policy_uri, success_model_uri) if u]
+    inputs = [u for u in (dataset_uri, rollouts_uri, world_model_uri, policy_uri, success_model_uri,
+                          veto_world_model_uri) if u]
     with tempfile.TemporaryDirectory(prefix="vla-rft-rft-episode-") as tmp:
         cache = Path(tmp) / "cache"
         data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in (dataset_uri, rollouts_uri) if u])
@@ -940,6 +946,10 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=cache)
         judge_dir, _ = storage.read_artifact(success_model_uri, expected_kind="success_model", cache_dir=cache)
         world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
+        veto_world_model = None
+        if veto_world_model_uri:
+            veto_dir, _ = storage.read_artifact(veto_world_model_uri, expected_kind="world_model", cache_dir=cache)
+            veto_world_model = WorldModel.from_pretrained(veto_dir, device=cfg.common.device)
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         judge = SuccessModel.from_pretrained(judge_dir, device=cfg.common.device)
         threshold = success_threshold(cfg, judge)
@@ -952,7 +962,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
 
         honesty = check(copy.deepcopy(policy).eval()) if verify and cfg.rft.honesty_episodes_per_task else None
         summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,
-                                     resume=resume, progress=progress)
+                                     resume=resume, progress=progress, veto_world_model=veto_world_model)
         if honesty is not None:  # the same check for the fine-tuned policy: has it learnt the blind spots?
             after = check(policy.eval())
             honesty["after_training"] = after
@@ -968,5 +978,6 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
             "profile": cfg.profile, "common": settings["common"], "rft": settings["rft"],
             "policy": policy_manifest["config"].get("policy"), "base_policy": policy_uri,
             "world_model": world_model_uri, "dataset": dataset_uri, "rollouts": rollouts_uri,
-            "success_model": success_model_uri, "trained_by": "rft"}, overwrite=overwrite)
+            "success_model": success_model_uri, "veto_world_model": veto_world_model_uri, "trained_by": "rft"},
+            overwrite=overwrite)
     return {"uri": out_uri, "resumed": resume, "train": summary, "honesty": honesty, "seconds": time.time() - start}

@@ -40,7 +40,7 @@ from vla_rft.training import write_curves
 from vla_rft.world_model.imagine import imagine_episodes
 
 CHECKPOINT_NAME = "rft_episode_checkpoint.safetensors"  # stage-specific, as checkpointing.checkpoint_files names it
-CURVE_FIELDS = ("step", "success_rate", "reward_mean", "groups_kept", "groups_dropped", "episode_chunks",
+CURVE_FIELDS = ("step", "success_rate", "reward_mean", "groups_kept", "groups_dropped", "episode_chunks", "vetoed",
                 "loss", "pg_loss", "bc_loss", "kl", "clip_frac", "approx_kl", "entropy", "action_std", "grad_norm",
                 "seconds_per_step", "seconds")
 _SALT = 9_400  # the episode-mode start stream, apart from chunk mode's
@@ -110,11 +110,27 @@ def masked_clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.T
     return -(surrogate * mask).sum() / denom, clip_frac
 
 
+def pessimistic_probabilities(probs: torch.Tensor, veto_probs: torch.Tensor) -> torch.Tensor:
+    """Per chunk, the lower of two success probabilities (N, H): the judge on one world model's closed-loop
+    frames and on a second world model's open-loop replay of the same actions from the same starts. An
+    imagined success only one model renders is that model's artefact, not the actions' doing (the min
+    over an ensemble, as pessimistic model-based RL takes it)."""
+    if probs.shape != veto_probs.shape:
+        raise ValueError(f"success probabilities of shapes {tuple(probs.shape)} and {tuple(veto_probs.shape)} "
+                         "cannot be paired chunk by chunk")
+    return torch.minimum(probs, veto_probs)
+
+
 def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model, policy,
                        success_model, threshold: float | dict[str, float], out_dir: Path, checkpoint_dir: Path, resume: bool = False,
-                       progress: bool = True) -> dict:
-    """Fine-tune ``policy`` in place with GRPO over imagined episodes; writes model and curves to ``out_dir``."""
+                       progress: bool = True, veto_world_model=None) -> dict:
+    """Fine-tune ``policy`` in place with GRPO over imagined episodes; writes model and curves to ``out_dir``.
+
+    With ``veto_world_model``, every episode's actions are replayed open loop in that world model too and
+    the reward takes, chunk by chunk, the lower success probability (:func:`pessimistic_probabilities`)."""
     check_compatible(policy, world_model, data)
+    if veto_world_model is not None:
+        check_compatible(policy, veto_world_model, data)
     task_map = torch.as_tensor(success_model.task_order(data.tasks))  # dataset task index -> the judge's
     to_policy_task = dataset_to_policy_tasks(policy, data)  # dataset task index -> the policy's, by instruction
     std_range = exploration_range(cfg)
@@ -124,7 +140,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
     torch.manual_seed(common.seed)
     np.random.seed(common.seed)
     policy.to(device).train()
-    for model in (world_model, success_model):
+    for model in (world_model, success_model) + ((veto_world_model,) if veto_world_model is not None else ()):
         model.to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -166,9 +182,20 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
 
             # 3. judge every chunk's last frame
             n = b * g
-            probs = success_model.probability(episodes.last_frames.flatten(0, 1),
-                                              task_map[tasks].repeat_interleave(horizon)).reshape(n, horizon).cpu()
-            success, mask = episode_outcomes(probs, per_episode_threshold(threshold, success_model, task_map[tasks]))
+            judge_tasks = task_map[tasks].repeat_interleave(horizon)
+            probs = success_model.probability(episodes.last_frames.flatten(0, 1), judge_tasks).reshape(n, horizon).cpu()
+            thresholds = per_episode_threshold(threshold, success_model, task_map[tasks])
+            vetoed = 0
+            if veto_world_model is not None:
+                actions = episodes.actions
+                replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], images, states,
+                                          to_policy_task[tasks], horizon)
+                veto = success_model.probability(replay.last_frames.flatten(0, 1), judge_tasks).reshape(n, horizon).cpu()
+                alone, _ = episode_outcomes(probs, thresholds)
+                probs = pessimistic_probabilities(probs, veto)
+            success, mask = episode_outcomes(probs, thresholds)
+            if veto_world_model is not None:
+                vetoed = int((alone & ~success).sum())
             rewards = success.float() + cfg.progress_coef * (probs * mask).max(1).values
 
             # 4. advantages, shared by every chunk of an episode
@@ -219,6 +246,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         rows.append({
             "step": step + 1, "success_rate": float(success.float().mean()), "reward_mean": float(rewards.mean()),
             "groups_kept": int(kept.sum()), "groups_dropped": int((~kept).sum()), "episode_chunks": int(live.sum()),
+            "vetoed": vetoed,
             **stats, "action_std": action_std, "seconds_per_step": time.time() - t0, "seconds": elapsed,
         })
         bar.update(1)
@@ -240,6 +268,9 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         "imagined_success_last": float(np.mean([r["success_rate"] for r in rows[-tenth:]])) if rows else None,
         "groups_dropped": int(sum(r["groups_dropped"] for r in rows)), "groups_total": b * len(rows),
         "trainable_parameters": len(trainable), "shuffle_advantages": cfg.shuffle_advantages,
+        "veto_world_model": veto_world_model is not None,
+        #: imagined successes the veto world model's replay did not reproduce (counted as failures)
+        "vetoed_successes": int(sum(r.get("vetoed", 0) for r in rows)),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
