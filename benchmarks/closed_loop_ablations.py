@@ -342,18 +342,21 @@ def main() -> None:
     def load_policy(uri: str):
         return VLAPolicy.from_pretrained(storage.read_artifact(uri, expected_kind="policy")[0], device=device).eval()
 
-    def base_honesty(cfg, wm: str) -> dict:
-        """The base policy's check under ``cfg``'s horizon and threshold in world model ``wm`` (cached)."""
-        key = f"base_honesty_{wm}_th{_threshold_key(threshold(cfg))}_h{cfg.rft.horizon}.json"
+    def base_honesty(cfg, wm: str, veto: str | None = None) -> dict:
+        """The base policy's check under ``cfg``'s horizon and threshold in world model ``wm``, its successes
+        confirmed by world model ``veto`` if given (cached)."""
+        key = (f"base_honesty_{wm}{f'_veto-{veto}' if veto else ''}_th{_threshold_key(threshold(cfg))}"
+               f"_h{cfg.rft.horizon}.json")
         path = work / key
         if not path.exists():
             _log(f"base policy honesty: {key}")
-            h = honesty_check_from_config(cfg, load_policy(args.policy), world_models[wm], judge, threshold(cfg), tasks)
+            h = honesty_check_from_config(cfg, load_policy(args.policy), world_models[wm], judge, threshold(cfg), tasks,
+                                          veto_world_model=world_models[veto] if veto else None)
             path.write_text(json.dumps(_slim(h), indent=2))
         return json.loads(path.read_text())
 
     base = base_honesty(ref_cfg, "grounded")
-    instrument = (threshold(ref_cfg), ref_cfg.rft.horizon, "grounded")
+    instrument = (threshold(ref_cfg), ref_cfg.rft.horizon, "grounded", None)
     for arm in arms:
         path = work / f"{arm.name}.json"
         uri = str(work / arm.name / "policy")
@@ -377,8 +380,8 @@ def main() -> None:
             _log(f"{arm.name}: trained, {train['seconds_per_step']:.2f} s/step; checking on the development layouts")
             after = honesty_check_from_config(ref_cfg, load_policy(uri), world_models["grounded"], judge,
                                               threshold(ref_cfg), tasks)
-            own = (None if (threshold(cfg), cfg.rft.horizon, arm.world_model) == instrument
-                   else base_honesty(cfg, arm.world_model))
+            own = (None if (threshold(cfg), cfg.rft.horizon, arm.world_model, arm.veto) == instrument
+                   else base_honesty(cfg, arm.world_model, arm.veto))
             path.write_text(json.dumps({
                 "arm": arm.name, "what": arm.what, "overrides": list(arm.overrides), "world_model": arm.world_model,
                 "veto": arm.veto,

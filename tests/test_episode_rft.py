@@ -349,6 +349,16 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     assert honesty["after_training"]["episodes"] == 2 and honesty["after_training"]["seeds"] == honesty["seeds"]
     assert set(honesty["per_task"]) == {"push", "drawer-open"} and r["train"]["mode"] == "episode"
     assert (tmp_path / "rft" / "model.safetensors").exists()
+    # a veto world model (the expert-only one): training and both honesty checks judge the pessimistic
+    # outcome, so the base policy's imagined successes can only shrink; its real ones are the same episodes
+    v = stages.rft(cfg, dataset, str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "rft_veto"), progress=False,
+                   success_model_uri=str(tmp_path / "judge"), rollouts_uri=str(roll),
+                   veto_world_model_uri=str(tmp_path / "wm"))
+    vh = json.loads((tmp_path / "rft_veto" / "honesty.json").read_text())
+    assert vh["veto_world_model"] and not honesty["veto_world_model"] and v["train"]["veto_world_model"]
+    assert vh["episode_outcomes"]["real"] == ep["real"] and vh["episode_outcomes"]["seed"] == ep["seed"]
+    assert all(a <= b for a, b in zip(vh["episode_outcomes"]["imagined"], ep["imagined"]))
+    assert storage.read_manifest(str(tmp_path / "rft_veto"))["config"]["veto_world_model"] == str(tmp_path / "wm")
 
 
 def test_filtered_bc_learns_from_successful_episodes_only(data, rollouts, tmp_path):

@@ -958,7 +958,8 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         ckpt, resume = prepare_checkpoint_dir(out_uri, "rft_episode", settings, checkpoint_dir, restart)
         out = Path(tmp) / "out"
         def check(checked_policy) -> dict:
-            return honesty_check_from_config(cfg, checked_policy, world_model, judge, threshold, data.tasks)
+            return honesty_check_from_config(cfg, checked_policy, world_model, judge, threshold, data.tasks,
+                                             veto_world_model=veto_world_model)
 
         honesty = check(copy.deepcopy(policy).eval()) if verify and cfg.rft.honesty_episodes_per_task else None
         summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_rft.rft.episode import episode_outcomes, per_episode_threshold
+from vla_rft.rft.episode import episode_outcomes, per_episode_threshold, pessimistic_probabilities
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
 from vla_rft.success.train import roc_auc
@@ -65,8 +65,12 @@ def exploitation_warnings(before: dict, after: dict, margin: float = 0.1) -> lis
 
 
 def honesty_check(policy, world_model, success_model, threshold: float | dict[str, float], sim, tasks: list[str], *,
-                  episodes_per_task: int, seed_offset: int, horizon: int, batch_size: int = 12) -> dict:
-    """Run the check (see the module docstring); ``sim`` is a real BatchedSimulator."""
+                  episodes_per_task: int, seed_offset: int, horizon: int, batch_size: int = 12,
+                  veto_world_model=None) -> dict:
+    """Run the check (see the module docstring); ``sim`` is a real BatchedSimulator. With
+    ``veto_world_model`` the imagined outcome is the pessimistic one episode RFT then trains on: the
+    lower of the judge's probabilities on the two models' frames, chunk by chunk (the second model
+    replays the first one's actions open loop)."""
     specs = [EpisodeSpec(t, seed_offset + i) for i in range(episodes_per_task) for t in tasks]
     k = policy.chunk_len
     # index into ``tasks`` -> the policy's own task index, matched by instruction text
@@ -82,15 +86,22 @@ def honesty_check(policy, world_model, success_model, threshold: float | dict[st
         with torch.no_grad():
             return policy(img, st, torch.from_numpy(to_policy)[ti]).mean.cpu()
 
-    episodes = imagine_episodes(world_model, act, images, torch.from_numpy(obs.states), task_index, horizon)
+    start_states = torch.from_numpy(obs.states)
+    episodes = imagine_episodes(world_model, act, images, start_states, task_index, horizon)
     judge_tasks = torch.as_tensor(success_model.task_order(tasks))[task_index]
     probs = success_model.probability(episodes.last_frames.flatten(0, 1),
                                       judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon)
+    if veto_world_model is not None:
+        actions = episodes.actions
+        replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], images, start_states,
+                                  task_index, horizon)
+        probs = pessimistic_probabilities(probs, success_model.probability(
+            replay.last_frames.flatten(0, 1), judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon))
     imagined, _ = episode_outcomes(probs.cpu(), per_episode_threshold(threshold, success_model, judge_tasks))
     real_success = np.array([r.success for r in real])
     out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(), real_success)
     out.update({"seeds": [seed_offset, seed_offset + episodes_per_task], "horizon_chunks": horizon,
-                "threshold": threshold,
+                "threshold": threshold, "veto_world_model": veto_world_model is not None,
                 #: per start layout, in the order of ``seeds`` x tasks: what paired comparisons need
                 "episode_outcomes": {"task": [s.task for s in specs], "seed": [s.seed for s in specs],
                                      "imagined": imagined.int().tolist(), "real": real_success.astype(int).tolist()},
@@ -116,7 +127,8 @@ def success_threshold(cfg, success_model) -> float | dict[str, float]:
     return success_model.threshold
 
 
-def honesty_check_from_config(cfg, policy, world_model, success_model, threshold: float | dict[str, float], tasks: list[str]) -> dict:
+def honesty_check_from_config(cfg, policy, world_model, success_model, threshold: float | dict[str, float],
+                              tasks: list[str], veto_world_model=None) -> dict:
     """:func:`honesty_check` with the layouts, horizon and simulator of a resolved config (the
     ``rft`` section's honesty settings), as the RFT stage and the benchmarks run it."""
     from vla_rft.sim.vector import BatchedSimulator
@@ -125,4 +137,4 @@ def honesty_check_from_config(cfg, policy, world_model, success_model, threshold
         return honesty_check(policy, world_model, success_model, threshold, sim, list(tasks),
                              episodes_per_task=cfg.rft.honesty_episodes_per_task,
                              seed_offset=cfg.rft.honesty_seed_offset, horizon=cfg.rft.horizon,
-                             batch_size=cfg.collect_rollouts.batch_size)
+                             batch_size=cfg.collect_rollouts.batch_size, veto_world_model=veto_world_model)
