@@ -167,6 +167,7 @@ def test_ablation_arms_are_named_settings_and_an_unknown_one_is_refused():
             cfg, own = load_config(params, "standard", list(rep.overrides)), load_config(
                 params, "standard", list(abl.ARMS[name].overrides))
             assert cfg.common.seed == seed and cfg.section("rft") == own.section("rft")
+            assert (rep.world_model, rep.veto) == (abl.ARMS[name].world_model, abl.ARMS[name].veto)
     assert abl.arm_seed("explore_low_lr1e-5") == ("explore_low_lr1e-5", 0)
 
 
