@@ -121,6 +121,18 @@ def pessimistic_probabilities(probs: torch.Tensor, veto_probs: torch.Tensor) -> 
     return torch.minimum(probs, veto_probs)
 
 
+def veto_probabilities(veto_world_model, success_model, episodes, start_images: torch.Tensor,
+                       start_states: torch.Tensor, task_index: torch.Tensor, judge_tasks: torch.Tensor) -> torch.Tensor:
+    """The judge's per-chunk success probabilities (N, H) on ``veto_world_model``'s open-loop replay of the
+    imagined ``episodes``' actions from the same starts (``judge_tasks``: the judge's task index per chunk,
+    (N * H,)); :func:`pessimistic_probabilities` pairs them with the first model's."""
+    n, horizon = episodes.actions.shape[:2]
+    actions = episodes.actions
+    replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], start_images, start_states,
+                              task_index, horizon)
+    return success_model.probability(replay.last_frames.flatten(0, 1), judge_tasks).reshape(n, horizon)
+
+
 def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model, policy,
                        success_model, threshold: float | dict[str, float], out_dir: Path, checkpoint_dir: Path, resume: bool = False,
                        progress: bool = True, veto_world_model=None) -> dict:
@@ -187,12 +199,10 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
             thresholds = per_episode_threshold(threshold, success_model, task_map[tasks])
             vetoed = 0
             if veto_world_model is not None:
-                actions = episodes.actions
-                replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], images, states,
-                                          to_policy_task[tasks], horizon)
-                veto = success_model.probability(replay.last_frames.flatten(0, 1), judge_tasks).reshape(n, horizon).cpu()
                 alone, _ = episode_outcomes(probs, thresholds)
-                probs = pessimistic_probabilities(probs, veto)
+                veto = veto_probabilities(veto_world_model, success_model, episodes, images, states,
+                                          to_policy_task[tasks], judge_tasks)
+                probs = pessimistic_probabilities(probs, veto.cpu())
             success, mask = episode_outcomes(probs, thresholds)
             if veto_world_model is not None:
                 vetoed = int((alone & ~success).sum())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_rft.rft.episode import episode_outcomes, per_episode_threshold, pessimistic_probabilities
+from vla_rft.rft.episode import episode_outcomes, per_episode_threshold, pessimistic_probabilities, veto_probabilities
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
 from vla_rft.success.train import roc_auc
@@ -92,11 +92,9 @@ def honesty_check(policy, world_model, success_model, threshold: float | dict[st
     probs = success_model.probability(episodes.last_frames.flatten(0, 1),
                                       judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon)
     if veto_world_model is not None:
-        actions = episodes.actions
-        replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], images, start_states,
-                                  task_index, horizon)
-        probs = pessimistic_probabilities(probs, success_model.probability(
-            replay.last_frames.flatten(0, 1), judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon))
+        probs = pessimistic_probabilities(probs, veto_probabilities(
+            veto_world_model, success_model, episodes, images, start_states, task_index,
+            judge_tasks.repeat_interleave(horizon)))
     imagined, _ = episode_outcomes(probs.cpu(), per_episode_threshold(threshold, success_model, judge_tasks))
     real_success = np.array([r.success for r in real])
     out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(), real_success)
