@@ -184,3 +184,21 @@ def test_peg_box_shifts_stay_within_the_robots_reach():
             layout = episode_layout(EpisodeSpec("peg-insert-side", seed, Perturbation(kind, 5)))
             assert layout.rand_vec[4] >= 0.41
             assert np.linalg.norm(layout.goal_shift[:2]) == pytest.approx(0.05)
+
+
+def test_instructions_name_the_goal_colours_the_simulator_draws():
+    import mujoco
+
+    from vla_rft.tasks import instruction_index
+
+    colours = {"red": 0, "green": 1, "blue": 2}
+    for task in ("reach", "push", "pick-place"):
+        model = get_env(task).raw.model
+        rgba = model.site_rgba[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")]
+        named = [c for c in colours if f"the {c} goal" in TASKS[task].instruction]
+        assert named == [["red", "green", "blue"][int(np.argmax(rgba[:3]))]], (task, rgba)
+    # a policy or dataset recorded with a former wording is still matched to its task
+    old = TASKS["reach"].former_instructions[0]
+    assert instruction_index(["push the puck to the green goal", old], "reach") == 1
+    assert instruction_index([TASKS["reach"].instruction], "reach") == 0
+    assert instruction_index(["push the puck to the green goal"], "reach") is None

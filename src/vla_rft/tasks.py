@@ -8,6 +8,7 @@ layout differs by task (see each task's ``reset_model`` in ``metaworld/envs``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,17 @@ class TaskSpec:
     #: a goal shift is redrawn until the goal's y stays at or above this: Meta-World's hand cannot
     #: go below y = 0.40, so peg-insert-side's box shifted closer is out of the robot's reach
     goal_min_y: float | None = None
+    #: earlier wordings of ``instruction``: a policy or dataset recorded with one still matches this task
+    former_instructions: tuple[str, ...] = ()
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("reach", "reach-v3", "SawyerReachV3Policy", "reach the green goal with the gripper",
-                 object_slice=None, goal_slice=(3, 6), min_object_goal_xy=0.15, moves_object=False),
+        # reach's goal is Meta-World's red site (rgba 0.8 0 0); push's is green
+        TaskSpec("reach", "reach-v3", "SawyerReachV3Policy", "reach the red goal with the gripper",
+                 object_slice=None, goal_slice=(3, 6), min_object_goal_xy=0.15, moves_object=False,
+                 former_instructions=("reach the green goal with the gripper",)),
         TaskSpec("push", "push-v3", "SawyerPushV3Policy", "push the puck to the green goal",
                  object_slice=(0, 3), goal_slice=(3, 6), min_object_goal_xy=0.15),
         TaskSpec("drawer-open", "drawer-open-v3", "SawyerDrawerOpenV3Policy", "open the drawer",
@@ -68,6 +73,16 @@ TASKS: dict[str, TaskSpec] = {
                  object_slice=(0, 3), goal_slice=None),
     )
 }
+
+def instruction_index(known: Sequence[str], task: str) -> int | None:
+    """Index in ``known`` (a policy's or a dataset's instructions) of ``task``'s instruction or of a former
+    wording of it (``TaskSpec.former_instructions``); None when neither is there."""
+    spec = TASKS[task]
+    for text in (spec.instruction, *spec.former_instructions):
+        if text in known:
+            return list(known).index(text)
+    return None
+
 
 #: Proprioception the policy sees: hand position (xyz) and gripper opening. Never object or goal
 #: positions (Meta-World's 39-d observation carries them: that would make the benchmark state-based).

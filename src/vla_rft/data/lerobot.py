@@ -297,7 +297,7 @@ def _task_name(instruction: str, given: str | None) -> str:
     if given:
         return given
     for name, spec in TASKS.items():
-        if spec.instruction == instruction:
+        if instruction in (spec.instruction, *spec.former_instructions):
             return name
     return re.sub(r"[^a-z0-9]+", "-", instruction.lower()).strip("-") or "task"
 

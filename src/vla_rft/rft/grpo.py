@@ -47,6 +47,7 @@ from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.groups import exploration_range, imagine_groups
 from vla_rft.rft.rewards import group_advantages, verified_reward
+from vla_rft.tasks import TASKS, instruction_index
 from vla_rft.training import write_curves
 from vla_rft.world_model.modeling import WorldModel
 
@@ -62,12 +63,18 @@ def dataset_to_policy_tasks(policy: VLAPolicy, data: LoadedDataset) -> torch.Ten
     The two may list the same tasks in another order (a policy trained on a dataset recorded with
     ``sim.tasks`` in another order); a dataset task the policy was not trained on is refused.
     """
-    missing = [t for t, i in zip(data.tasks, data.instructions) if i not in policy.instructions]
+    def find(task: str, text: str) -> int | None:  # the dataset's wording, else the task's (any wording)
+        if text in policy.instructions:
+            return policy.instructions.index(text)
+        return instruction_index(policy.instructions, task) if task in TASKS else None
+
+    order = [find(t, i) for t, i in zip(data.tasks, data.instructions)]
+    missing = [t for t, i in zip(data.tasks, order) if i is None]
     if missing:
         raise CompatibilityError(f"the dataset has task(s) {missing} whose instructions the policy was not "
                                  f"trained on (the policy knows {policy.instructions}); use a policy trained "
                                  "on this task suite")
-    return torch.as_tensor([policy.instructions.index(i) for i in data.instructions], dtype=torch.long)
+    return torch.as_tensor(order, dtype=torch.long)
 
 
 def check_compatible(policy: VLAPolicy, world_model: WorldModel, data: LoadedDataset) -> None:
