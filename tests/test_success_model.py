@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,49 @@ def test_bad_config_is_named():
         SuccessModelConfig(imagined_share=0)
     with pytest.raises(ConfigError, match="success_model.imagined_steps"):
         SuccessModelConfig(imagined_steps=-1)
+    with pytest.raises(ConfigError, match="success_model.keypoints"):
+        SuccessModelConfig(keypoints=-1)
+    with pytest.raises(ConfigError, match="success_model.keypoints"):
+        SuccessModelConfig(channels=[8], keypoints=4)
+
+
+def test_spatial_softmax_reads_where_a_peak_is():
+    from vla_rft.policy.modeling import spatial_softmax
+
+    maps = torch.zeros(2, 1, 5, 9)
+    maps[0, 0, 1, 6] = 50.0  # row 1 of 5, column 6 of 9
+    maps[1, 0, 4, 0] = 50.0
+    coords = spatial_softmax(maps)  # (B, 2N): rows then columns, in [-1, 1]
+    assert coords.shape == (2, 2)
+    assert coords[0].tolist() == pytest.approx([-0.5, 0.5], abs=1e-4)
+    assert coords[1].tolist() == pytest.approx([1.0, -1.0], abs=1e-4)
+
+
+def test_keypoints_tell_where_pooling_cannot_and_a_model_saved_without_them_still_loads(tmp_path):
+    # the same bright square at two places: the keypoints' coordinates move with it. A model with
+    # keypoints round-trips; one whose config.json predates the field loads as what it was (pooling only)
+    cfg = SuccessModelConfig(**dict(TINY, keypoints=4))
+    torch.manual_seed(0)
+    model = SuccessModel(cfg, image_size=32, tasks=["reach"]).eval()
+    a, b = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    a[:, :, 4:10, 4:10] = 255
+    b[:, :, 20:26, 18:24] = 255
+    x = torch.cat([a[:1], b[:1]]).float() / 255 * 2 - 1
+    feats = model.encoder[:6](x)  # the map the keypoints read
+    from vla_rft.policy.modeling import spatial_softmax
+
+    kp = spatial_softmax(model.keypoint_logits(feats))
+    assert (kp[0] - kp[1]).abs().max() > 0.1
+    model.save_pretrained(tmp_path / "kp", {"x": 1})
+    again = SuccessModel.from_pretrained(tmp_path / "kp")
+    assert again.config.keypoints == 4
+    assert torch.equal(again(a, torch.zeros(2)), model(a, torch.zeros(2)))
+    plain = SuccessModel(SuccessModelConfig(**TINY), image_size=32, tasks=["reach"])
+    plain.save_pretrained(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    del meta["architecture"]["keypoints"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    assert SuccessModel.from_pretrained(tmp_path / "old").config.keypoints == 0
 
 
 def _world_model(data):

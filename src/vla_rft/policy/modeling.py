@@ -75,6 +75,15 @@ class ChunkGaussian:
         return (0.5 * math.log(2 * math.pi * math.e) + self.std.log()).flatten(1).sum(-1)
 
 
+def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """(B, N, h, w) maps -> (B, 2N): each map's softmax-weighted mean row, then column, in [-1, 1]."""
+    b, n, h, w = logits.shape
+    attn = logits.flatten(2).softmax(-1).view(b, n, h, w)
+    ys = torch.linspace(-1, 1, h, device=logits.device)
+    xs = torch.linspace(-1, 1, w, device=logits.device)
+    return torch.cat([(attn.sum(3) * ys).sum(-1), (attn.sum(2) * xs).sum(-1)], dim=1)
+
+
 class ConvImageEncoder(nn.Module):
     """Stride-2 conv blocks (conv 3x3 -> GroupNorm -> GELU), then 1x1 to ``hidden``: one token per cell.
 
@@ -104,13 +113,7 @@ class ConvImageEncoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x)
             if self.keypoints and i == self.keypoint_block:
-                logits = self.keypoint_logits(x)  # (B, N, h, w)
-                b, n, h, w = logits.shape
-                attn = logits.flatten(2).softmax(-1).view(b, n, h, w)
-                ys = torch.linspace(-1, 1, h, device=x.device)
-                xs = torch.linspace(-1, 1, w, device=x.device)
-                coords = torch.cat([(attn.sum(3) * ys).sum(-1), (attn.sum(2) * xs).sum(-1)], dim=1)  # (B, 2N)
-                tokens.append(self.keypoint_proj(coords)[:, None])
+                tokens.append(self.keypoint_proj(spatial_softmax(self.keypoint_logits(x)))[:, None])
         tokens.insert(0, self.proj(x).flatten(2).transpose(1, 2))  # (B, cells, hidden)
         return torch.cat(tokens, dim=1)
 

@@ -10,7 +10,9 @@ from typing import Literal
 
 from vla_rft.errors import ConfigError
 
-ARCHITECTURE_FIELDS: tuple[str, ...] = ("channels", "hidden_size", "task_embedding")
+ARCHITECTURE_FIELDS: tuple[str, ...] = ("channels", "hidden_size", "task_embedding", "keypoints")
+#: what a saved model whose config.json predates a field was built with
+ARCHITECTURE_LEGACY: dict[str, object] = {"keypoints": 0}
 THRESHOLD_RULES: tuple[str, ...] = ("precision", "balanced_accuracy")
 
 
@@ -21,6 +23,10 @@ class SuccessModelConfig:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64])  #: conv widths, one stride-2 layer each
     hidden_size: int = 64  #: width of the head after pooling
     task_embedding: int = 16  #: learned per-task embedding, concatenated before the head
+    #: spatial-softmax keypoints (expected x, y of each of this many learned feature maps) read from
+    #: the 1/4-resolution conv map and concatenated before the head; 0: average pooling alone,
+    #: which keeps what is in the frame but not where (reach and pick-place succeed by where)
+    keypoints: int = 0
     lr: float = 0.001
     weight_decay: float = 0.0001
     batch_size: int = 64  #: half positive, half negative frames (successes are ~10 % of frames)
@@ -46,6 +52,10 @@ class SuccessModelConfig:
         for name in ("hidden_size", "task_embedding", "batch_size", "steps", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"success_model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.keypoints < 0:
+            raise ConfigError(f"success_model.keypoints must be >= 0, got {self.keypoints}")
+        if self.keypoints and len(self.channels) < 2:
+            raise ConfigError("success_model.keypoints reads the second conv layer's map: channels needs >= 2 widths")
         if self.batch_size < 2:
             raise ConfigError(f"success_model.batch_size must be >= 2 (half positives, half negatives), got {self.batch_size}")
         if not 0 < self.lr < 1:

@@ -2,7 +2,9 @@
 
 After WMPO (a learned success classifier on imagined frames; success at the first window with
 p >= 0.96) and WoVR (a frame reward model, threshold 0.9): a few stride-2 conv layers over one
-RGB frame, global average pooling, a learned task embedding, a small MLP -> one logit. The
+RGB frame, global average pooling (plus, with ``keypoints``, the expected image coordinates of learned
+feature maps at 1/4 resolution: where the hand, object and goal marker are), a learned task
+embedding, a small MLP -> one logit. The
 decision threshold is calibrated on held-out real episodes (``success/train.py``) and stored
 next to the weights in ``calibration.json``; ``config.json`` holds the architecture only.
 """
@@ -17,7 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from vla_rft.success.configuration import ARCHITECTURE_FIELDS, SuccessModelConfig
+from vla_rft.policy.modeling import spatial_softmax
+from vla_rft.success.configuration import ARCHITECTURE_FIELDS, ARCHITECTURE_LEGACY, SuccessModelConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,8 +41,10 @@ class SuccessModel(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
             c_in = c
         self.encoder = nn.Sequential(*layers)
+        self.keypoint_logits = nn.Conv2d(config.channels[1], config.keypoints, 1) if config.keypoints else None
         self.task_embeddings = nn.Embedding(len(self.tasks), config.task_embedding)
-        self.head = nn.Sequential(nn.Linear(c_in + config.task_embedding, config.hidden_size), nn.SiLU(),
+        width = c_in + 2 * config.keypoints + config.task_embedding
+        self.head = nn.Sequential(nn.Linear(width, config.hidden_size), nn.SiLU(),
                                   nn.Linear(config.hidden_size, 1))
         self.threshold = 0.5  #: decision threshold on p; set by calibration, saved in calibration.json
         #: a threshold per task name, calibrated on that task's val frames (calibration.json
@@ -52,9 +57,15 @@ class SuccessModel(nn.Module):
         device = self.task_embeddings.weight.device
         x = images.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        feats = self.encoder(x * 2 - 1).mean(dim=(2, 3))
-        task = self.task_embeddings(task_index.to(device).long().reshape(-1))
-        return self.head(torch.cat([feats, task], -1)).squeeze(-1)
+        x = x * 2 - 1
+        parts = []
+        for i, layer in enumerate(self.encoder):
+            x = layer(x)
+            if self.keypoint_logits is not None and i == 5:  # conv, norm, act per block: the 2nd block's output
+                parts.append(spatial_softmax(self.keypoint_logits(x)))
+        parts.insert(0, x.mean(dim=(2, 3)))
+        parts.append(self.task_embeddings(task_index.to(device).long().reshape(-1)))
+        return self.head(torch.cat(parts, -1)).squeeze(-1)
 
     @torch.no_grad()
     def probability(self, images: torch.Tensor, task_index: torch.Tensor, batch: int = 256) -> torch.Tensor:
@@ -100,7 +111,7 @@ class SuccessModel(nn.Module):
         meta = json.loads((directory / CONFIG_NAME).read_text())
         if meta.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{directory / CONFIG_NAME}: model_type {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        arch = {k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}
+        arch = {**ARCHITECTURE_LEGACY, **{k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}}
         model = cls(SuccessModelConfig(**arch), image_size=meta["image_size"], tasks=meta["tasks"])
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
         calibration = json.loads((directory / CALIBRATION_NAME).read_text())
