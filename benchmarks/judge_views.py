@@ -70,7 +70,12 @@ def render_camera(args, cfg, camera: str, size: int, tasks: list[str], workers: 
         full = concat_datasets([load_dataset(p) for p in args.dataset])
         data = concat_datasets([select_tasks(full, [t]) for t in tasks])  # the order the jobs below give
         counts = json.loads(cache.with_suffix(".json").read_text())
-        return data, np.load(cache.with_suffix(".npy")), counts["steps"], counts["episodes"], False
+        if counts.get("datasets", list(args.dataset)) != list(args.dataset):
+            raise SystemExit(f"{cache}.npy holds frames of {counts['datasets']}, not {args.dataset}: use another --work")
+        frames = np.load(cache.with_suffix(".npy"))
+        if len(frames) != len(data.images):
+            raise SystemExit(f"{cache}.npy holds {len(frames)} frames, the datasets {len(data.images)}: use another --work")
+        return data, frames, counts["steps"], counts["episodes"], False
     jobs = [(args.dataset, t, camera, size, cfg.sim.goal_marker_scale) for t in tasks]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -81,7 +86,8 @@ def render_camera(args, cfg, camera: str, size: int, tasks: list[str], workers: 
     steps, episodes = sum(p[1] for p in parts), sum(p[2] for p in parts)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache.with_suffix(".npy"), data.images)
-    cache.with_suffix(".json").write_text(json.dumps({"steps": steps, "episodes": episodes}))  # last: marks it done
+    cache.with_suffix(".json").write_text(json.dumps({"steps": steps, "episodes": episodes,  # last: marks it done
+                                                      "datasets": list(args.dataset)}))
     return data, data.images, steps, episodes, True
 
 
@@ -198,13 +204,17 @@ def main() -> None:
             cache = Path(args.work) / (f"{name}.json" if seed == 0 else f"{name}_s{seed}.json")
             if cache.exists():
                 _log(f"{name}, seed {seed}: reusing {cache}")
-                runs.append({"seed": seed, **json.loads(cache.read_text())})
+                run = {"seed": seed, "overrides": [], **json.loads(cache.read_text())}
+                if run["overrides"] != args.overrides:
+                    raise SystemExit(f"{cache} was trained with --set {run['overrides']}, not {args.overrides}: "
+                                     "use another --work")
+                runs.append(run)
                 continue
             if data is None:
                 data, stats = view_data(args, cfg, cameras, size, tasks, args.workers)
                 if stats["render_s"] is not None or not view_json.exists():  # a time only when rendered now
                     view_json.write_text(json.dumps(stats, indent=2))
-            run = train_judge(cfg, data, Path(args.work) / name, seed)
+            run = {**train_judge(cfg, data, Path(args.work) / name, seed), "overrides": args.overrides}
             tmp = cache.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(run, indent=2))
             tmp.replace(cache)
