@@ -265,3 +265,25 @@ def test_ablation_arms_with_several_seeds_are_pooled_and_paired_seed_by_seed():
                        "arms": {}, "analysis": {"layouts": 4, "rows": {}, "pooled": pooled}})
     assert "| explore_low | 0, 1 | 100.0 (100.0, 100.0) | +50.0 [" in text
     assert "| reference | 0, 1 | 62.5 (50.0, 75.0) | +12.5 [" in text and text.rstrip().endswith("|")
+
+
+def test_judge_views_table_pools_seeds_and_says_where_the_precision_was_never_reached():
+    import judge_views
+
+    assert judge_views.parse_view("corner+topview@64") == (["corner", "topview"], 64)
+    for bad in ("corner", "corner@", "@64", "corner+@64", "corner@x"):
+        with pytest.raises(SystemExit, match="camera@size"):
+            judge_views.parse_view(bad)
+
+    def run(seed, auc, recall, reached):
+        return {"seed": seed, "tasks": ["reach"], "auc": auc, "auc_per_task": {"reach": auc},
+                "recall_per_task": {"reach": recall}, "precision_reached": {"reach": reached},
+                "target_precision": 0.95, "train_s": 10.0 * (seed + 1)}
+
+    result = {"command": "c", "date": "d", "platform": "p", "views": [
+        {"view": "corner@64", "frames": 7, "mismatched_steps": 0, "render_s": None,
+         "seeds": [run(0, 0.7, 0.0, False), run(1, 0.8, 0.1, True), run(2, 0.9, 0.3, True)]}]}
+    row = [line for line in judge_views.render(result).splitlines() if line.startswith("| corner@64")][0]
+    # mean AUC 0.8 (0.70-0.90); two of three seeds reach precision 0.95, mean recall 0.20 among them
+    assert "0.800 (0.70-0.90); 2/3 at recall 0.20" in row
+    assert row.endswith("| n/a | 20 |")  # frames from the cache: no render time; mean train time
