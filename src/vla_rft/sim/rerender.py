@@ -47,12 +47,11 @@ def select_tasks(data: LoadedDataset, tasks: Sequence[str] | None = None) -> Loa
         rows.append(np.arange(lo, hi))
         episodes.append({**ep, "episode_index": new_index, "dataset_from_index": offset, "dataset_to_index": offset + hi - lo})
         offset += hi - lo
+    episode_index = np.repeat(np.arange(len(episodes)), [len(r) for r in rows])
     rows = np.concatenate(rows)
     return replace(data, episodes=episodes, images=data.images[rows], states=data.states[rows],
                    actions=data.actions[rows], expert_actions=data.expert_actions[rows], rewards=data.rewards[rows],
-                   successes=data.successes[rows], task_index=data.task_index[rows],
-                   episode_index=np.concatenate([np.full(hi - lo, i) for i, (lo, hi) in enumerate(
-                       (e["dataset_from_index"], e["dataset_to_index"]) for e in episodes)]),
+                   successes=data.successes[rows], task_index=data.task_index[rows], episode_index=episode_index,
                    frame_index=data.frame_index[rows],
                    info={**data.info, "total_episodes": len(episodes), "total_frames": offset})
 
