@@ -44,16 +44,24 @@ def parse_view(text: str) -> tuple[list[str], int]:
     return cameras.split("+"), int(size)
 
 
-def _rerender_task(job):
+_DATA = None  #: the datasets, loaded once per re-rendering process (:func:`_load`)
+
+
+def _load(paths: list[str]) -> None:
     import os
 
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     from vla_rft.data import concat_datasets, load_dataset
+
+    global _DATA
+    _DATA = concat_datasets([load_dataset(p) for p in paths])
+
+
+def _rerender_task(job):
     from vla_rft.sim.rerender import rerender
 
-    paths, task, camera, size, marker = job
-    data = concat_datasets([load_dataset(p) for p in paths])
-    out = rerender(data, image_size=size, camera=camera, goal_marker_scale=marker, tasks=[task])
+    task, camera, size, marker = job
+    out = rerender(_DATA, image_size=size, camera=camera, goal_marker_scale=marker, tasks=[task])
     return out.data, out.mismatched_steps, out.mismatched_episodes
 
 
@@ -76,11 +84,12 @@ def render_camera(args, cfg, camera: str, size: int, tasks: list[str], workers: 
         if len(frames) != len(data.images):
             raise SystemExit(f"{cache}.npy holds {len(frames)} frames, the datasets {len(data.images)}: use another --work")
         return data, frames, counts["steps"], counts["episodes"], False
-    jobs = [(args.dataset, t, camera, size, cfg.sim.goal_marker_scale) for t in tasks]
+    jobs = [(t, camera, size, cfg.sim.goal_marker_scale) for t in tasks]
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_load, initargs=(args.dataset,)) as pool:
             parts = pool.map(_rerender_task, jobs)
     else:
+        _load(args.dataset)
         parts = [_rerender_task(j) for j in jobs]
     data = concat_datasets([p[0] for p in parts])
     steps, episodes = sum(p[1] for p in parts), sum(p[2] for p in parts)

@@ -21,7 +21,7 @@ from vla_rft import storage
 from vla_rft import distributed
 from vla_rft.checkpointing import prepare_checkpoint_dir
 from vla_rft.config import Config
-from vla_rft.tasks import ACTION_NAMES, FPS, STATE_NAMES, TASKS, instruction_index
+from vla_rft.tasks import ACTION_NAMES, FPS, STATE_NAMES, TASKS, instruction_order
 
 
 def _dir_size(path: Path) -> int:
@@ -585,14 +585,8 @@ def _lineage_html(evaluated: dict[str, dict]) -> str:
 
 def _policy_act(policy, tasks: list[str], name: str, uri: str):
     """``act(frames, states, task_index)`` of a loaded policy over ``tasks``, mapped by instruction text."""
-    from vla_rft.errors import CompatibilityError
-
-    order = [instruction_index(policy.instructions, t) for t in tasks]  # our task index -> the policy's
-    missing = [t for t, i in zip(tasks, order) if i is None]
-    if missing:
-        raise CompatibilityError(f"policy {name!r} ({uri}) was not trained on task(s) {missing}; "
-                                 f"it knows {policy.instructions}")
-    order = np.asarray(order)
+    # our task index -> the policy's
+    order = np.asarray(instruction_order(policy.instructions, tasks, f"policy {name!r} ({uri})"))
     return lambda frames, states, task_index: policy.act(frames, states, order[task_index])
 
 
@@ -804,11 +798,7 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
         policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy",
                                                             cache_dir=Path(tmp) / "cache")
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
-        order = [instruction_index(policy.instructions, t) for t in scfg.tasks]
-        missing = [t for t, i in zip(scfg.tasks, order) if i is None]
-        if missing:
-            raise ValueError(f"the policy was not trained on task(s) {missing}; it knows {policy.instructions}")
-        order = np.asarray(order)
+        order = np.asarray(instruction_order(policy.instructions, scfg.tasks))
         noise_rng = np.random.default_rng([cfg.common.seed, 3])
 
         def act(frames, states, task_index):

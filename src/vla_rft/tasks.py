@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from vla_rft.errors import CompatibilityError
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -82,6 +84,16 @@ def instruction_index(known: Sequence[str], task: str) -> int | None:
         if text in known:
             return list(known).index(text)
     return None
+
+
+def instruction_order(known: Sequence[str], tasks: Sequence[str], who: str = "the policy") -> list[int]:
+    """:func:`instruction_index` of each of ``tasks`` in ``known`` (``who``'s instructions); a task it
+    lacks is refused by name."""
+    order = [instruction_index(known, t) for t in tasks]
+    missing = [t for t, i in zip(tasks, order) if i is None]
+    if missing:
+        raise CompatibilityError(f"{who} was not trained on task(s) {missing}; it knows {list(known)}")
+    return order
 
 
 #: Proprioception the policy sees: hand position (xyz) and gripper opening. Never object or goal

@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_rft.errors import CompatibilityError
 from vla_rft.rft.episode import episode_outcomes, per_episode_threshold, pessimistic_probabilities, veto_probabilities
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
 from vla_rft.success.train import roc_auc
-from vla_rft.tasks import instruction_index
+from vla_rft.tasks import instruction_order
 from vla_rft.world_model.imagine import imagine_episodes
 
 
@@ -75,11 +74,7 @@ def honesty_check(policy, world_model, success_model, threshold: float | dict[st
     specs = [EpisodeSpec(t, seed_offset + i) for i in range(episodes_per_task) for t in tasks]
     k = policy.chunk_len
     # index into ``tasks`` -> the policy's own task index, matched by instruction text
-    to_policy = [instruction_index(policy.instructions, t) for t in tasks]
-    missing = [t for t, i in zip(tasks, to_policy) if i is None]
-    if missing:
-        raise CompatibilityError(f"the policy was not trained on task(s) {missing}; it knows {policy.instructions}")
-    to_policy = np.array(to_policy)
+    to_policy = np.array(instruction_order(policy.instructions, tasks))
     act_np = lambda f, s, ti: policy.act(f, s, to_policy[np.asarray(ti)])  # noqa: E731 - the mean, as evaluation acts
     real = record_policy_episodes(sim, specs, act_np, tasks, max_steps=horizon * k, record=False,
                                   batch_size=batch_size)
