@@ -99,7 +99,8 @@ def test_round_trip_gives_our_dataset_back(tiny_dataset, exported, tmp_path):
     summary = stages.import_lerobot(_cfg(), str(out), str(tmp_path / "back"))
     assert summary["notes"]["split"] == "from the episodes' split column" and not summary["notes"]["filled_in"]
     a, b = load_dataset(root), load_dataset(tmp_path / "back")
-    for name in ("images", "states", "actions", "expert_actions", "rewards", "successes", "task_index",
+    assert a.env_states is not None  # objects and goal (observation.environment_state) travel too
+    for name in ("images", "states", "env_states", "actions", "expert_actions", "rewards", "successes", "task_index",
                  "episode_index", "frame_index"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and np.array_equal(x, y), name

@@ -98,7 +98,7 @@ def prepare_data(cfg: Config, out_uri: str, *, overwrite: bool = False, progress
 
     episodes = [
         EpisodeData(t, r.spec.seed, r.spec.perturbation.name, r.frames, r.states, r.actions, r.expert_actions,
-                    r.rewards, r.successes, r.noisy, r.success, r.first_success_step)
+                    r.rewards, r.successes, r.noisy, r.success, r.first_success_step, env_states=r.env_states)
         for t, r in kept
     ]
     expert = {
@@ -242,6 +242,7 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
     from vla_rft.world_model.evaluate import evaluate_world_model
     from vla_rft.world_model.modeling import WorldModel
     from vla_rft.world_model.train import train_world_model as train
+    from vla_rft.world_model.train import with_environment_state
 
     uris = [dataset_uri] if isinstance(dataset_uri, str) else list(dataset_uri)
     if not uris:
@@ -270,8 +271,8 @@ def train_world_model(cfg: Config, dataset_uri: str | list[str], out_uri: str, *
         fidelity = None
         if ctx.is_main:
             model = WorldModel.from_pretrained(out, device=cfg.common.device)
-            fidelity = evaluate_world_model(model, data, out / "eval", cfg.world_model, seed=cfg.common.seed,
-                                            progress=progress)
+            fidelity = evaluate_world_model(model, with_environment_state(data) if model.env_state_dim else data,
+                                            out / "eval", cfg.world_model, seed=cfg.common.seed, progress=progress)
         _publish(ctx, out, out_uri, kind="world_model",
                  config={"profile": cfg.profile, "common": settings["common"],
                          "world_model": settings["world_model"],
@@ -375,6 +376,12 @@ def rft(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, ou
         wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
         policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=cache)
         world_model = WorldModel.from_pretrained(wm_dir, device=cfg.common.device)
+        if world_model.env_state_dim:
+            from vla_rft.errors import ConfigError
+
+            raise ConfigError(f"rft.mode=chunk compares imagined frames and takes a world model of frames and proprio "
+                              f"state; {world_model_uri} also predicts the environment state "
+                              "(world_model.environment_state): use it with rft.mode=episode")
         policy = VLAPolicy.from_pretrained(policy_dir, device=cfg.common.device)
         check_compatible(policy, world_model, data)  # shapes and tasks, before any imagined step
         settings = {"common": cfg.section("common"), "rft": cfg.section("rft"),
@@ -816,9 +823,12 @@ def collect_rollouts(cfg: Config, policy_uri: str, out_uri: str, *, overwrite: b
         splits = split_by_episode(task_ids, rc.val_fraction, np.random.default_rng([cfg.common.seed, 4]))
         episodes = [EpisodeData(t, r.spec.seed, r.spec.perturbation.name, r.frames, r.states, r.actions,
                                 r.expert_actions, r.rewards, r.successes, r.noisy, r.success, r.first_success_step,
-                                source="policy") for t, r in zip(task_ids, records)]
+                                source="policy", env_states=r.env_states) for t, r in zip(task_ids, records)]
         if previous is not None:
             old_episodes, old_splits = episodes_of(previous)
+            if previous.env_states is None:
+                print("collect-rollouts: the rollouts appended to have no observation.environment_state "
+                      "(recorded before it existed); the new dataset is written without it")
             episodes, splits = old_episodes + episodes, old_splits + list(splits)
         per_task = {t: float(np.mean([r.success for r in records if r.spec.task == t])) for t in scfg.tasks}
         out = Path(tmp) / "out"
@@ -872,6 +882,11 @@ def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, w
 
     if not dataset_uris:
         raise ValueError("train-success-model needs at least one --dataset")
+    if cfg.success_model.input == "state" and cfg.success_model.imagined_steps:
+        from vla_rft.errors import ConfigError
+
+        raise ConfigError("success_model.input=state trains on real states only: set success_model.imagined_steps=0 "
+                          "(the imagined fine-tune replays frames)")
     if cfg.success_model.imagined_steps and not world_model_uri:
         raise ValueError(f"success_model.imagined_steps is {cfg.success_model.imagined_steps}: pass --world-model "
                          "(the grounded world model RFT imagines with), or set success_model.imagined_steps=0")

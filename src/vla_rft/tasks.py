@@ -101,6 +101,13 @@ def instruction_order(known: Sequence[str], tasks: Sequence[str], who: str = "th
 STATE_NAMES: tuple[str, ...] = ("hand_x", "hand_y", "hand_z", "gripper_open")
 ACTION_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "grip")
 STATE_DIM = len(STATE_NAMES)
+#: The scene's state the policy never sees (LeRobot's ``observation.environment_state``): up to two
+#: objects' position and quaternion and the goal position, Meta-World's observation entries 4-17 and
+#: 36-38. Recorded so a world model can predict it and a judge read success off it (a task is
+#: solved by where its object is, which a 64 px frame shows to a few pixels only).
+ENV_STATE_NAMES: tuple[str, ...] = (
+    *(f"object{o}_{k}" for o in (1, 2) for k in ("x", "y", "z", "qw", "qx", "qy", "qz")), "goal_x", "goal_y", "goal_z")
+ENV_STATE_DIM = len(ENV_STATE_NAMES)
 ACTION_DIM = len(ACTION_NAMES)
 #: Meta-World: frame_skip 5 x timestep 2.5 ms = 12.5 ms per env step
 FPS = 80

@@ -32,11 +32,11 @@ import pyarrow.parquet as pq
 
 from vla_rft.data.parquet import EpisodeData, LoadedDataset, _fixed_list
 from vla_rft.data.schema import (
-    ACTION, CODEBASE_VERSION, DONE, EPISODE_INDEX, EXPERT_ACTION, FRAME_INDEX, INDEX, OBS_STATE, REWARD,
+    ACTION, CODEBASE_VERSION, DONE, EPISODE_INDEX, EXPERT_ACTION, FRAME_INDEX, INDEX, OBS_ENV_STATE, OBS_STATE, REWARD,
     SPLITS, SUCCESS, TASK_INDEX, DatasetValidationError,
 )
 from vla_rft.data.splits import split_by_episode
-from vla_rft.tasks import TASKS
+from vla_rft.tasks import ENV_STATE_DIM, ENV_STATE_NAMES, TASKS
 
 LEROBOT_VERSION = "v3.0"
 IMAGES_PREFIX = "observation.images."
@@ -109,6 +109,8 @@ def _features(data: LoadedDataset, image_key: str) -> dict[str, dict[str, Any]]:
         EPISODE_INDEX: {"dtype": "int64", **scalar},
         INDEX: {"dtype": "int64", **scalar},
         TASK_INDEX: {"dtype": "int64", **scalar},
+        **({OBS_ENV_STATE: {"dtype": "float32", "shape": [data.env_states.shape[1]], "names": list(ENV_STATE_NAMES)}}
+           if data.env_states is not None else {}),
     }
 
 
@@ -129,7 +131,9 @@ def _frame_arrays(data: LoadedDataset, lo: int, hi: int, fps: float) -> dict[str
     done = np.zeros(hi - lo, bool)
     ends = {e["dataset_to_index"] - 1 for e in data.episodes if lo <= e["dataset_to_index"] - 1 < hi}
     done[[i - lo for i in sorted(ends)]] = True
+    env = {} if data.env_states is None else {OBS_ENV_STATE: data.env_states[lo:hi]}
     return {
+        **env,
         OBS_STATE: data.states[lo:hi], ACTION: data.actions[lo:hi], EXPERT_ACTION: data.expert_actions[lo:hi],
         REWARD: data.rewards[lo:hi].astype(np.float32), DONE: done, SUCCESS: data.successes[lo:hi].astype(bool),
         TIMESTAMP: (data.frame_index[lo:hi] / fps).astype(np.float32), FRAME_INDEX: data.frame_index[lo:hi],
@@ -405,7 +409,10 @@ def read_lerobot(root: str | Path, *, image_size: int, state_dim: int, action_di
     if not data_paths:
         raise DatasetValidationError(f"{root}: no data files under data/")
     frame_cols = [key, OBS_STATE, ACTION, EPISODE_INDEX, FRAME_INDEX, INDEX, TASK_INDEX]
-    optional = [c for c in (EXPERT_ACTION, REWARD, SUCCESS) if c in feats]
+    # LeRobot's key for the scene's state; ours only where it is this suite's objects-and-goal vector
+    env_shape = list(feats.get(OBS_ENV_STATE, {}).get("shape") or [])
+    with_env = env_shape == [ENV_STATE_DIM]
+    optional = [c for c in (EXPERT_ACTION, REWARD, SUCCESS) + ((OBS_ENV_STATE,) if with_env else ()) if c in feats]
     tables = []
     for p in data_paths:
         names_in = pq.read_schema(p).names
@@ -424,6 +431,14 @@ def read_lerobot(root: str | Path, *, image_size: int, state_dim: int, action_di
     notes: dict[str, Any] = {"camera": key, "filled_in": []}
     images = _decode_images(table.column(key).combine_chunks(), root, key, image_size, notes)
     states, actions = _vector(table, OBS_STATE, state_dim), _vector(table, ACTION, action_dim)
+    env_states = None
+    if with_env and OBS_ENV_STATE in table.column_names:
+        env_states = _vector(table, OBS_ENV_STATE, ENV_STATE_DIM)
+        if not np.isfinite(env_states).all():
+            raise DatasetValidationError(f"dataset column '{OBS_ENV_STATE}' has NaN or inf values")
+    elif OBS_ENV_STATE in feats:
+        notes["not_imported"] = (f"{OBS_ENV_STATE} of shape {tuple(env_shape)} (this suite's objects-and-goal state "
+                                 f"has {ENV_STATE_DIM} entries)")
     if EXPERT_ACTION in table.column_names:
         expert = _vector(table, EXPERT_ACTION, action_dim)
     else:
@@ -467,6 +482,7 @@ def read_lerobot(root: str | Path, *, image_size: int, state_dim: int, action_di
             actions=actions[lo:hi], expert_actions=expert[lo:hi], rewards=rewards[lo:hi], successes=succ,
             noisy=bool(e.get("noisy", False)), success=bool(e.get("success", succ.any())),
             first_success_step=int(e["first_success_step"]) if e.get("first_success_step") is not None else first,
+            env_states=None if env_states is None else env_states[lo:hi],
         ))
     if all(e.get("split") in SPLITS for e in episodes):
         splits = [e["split"] for e in episodes]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from vla_rft.data.schema import (
     ACTION, CODEBASE_VERSION, DONE, EPISODE_COLUMNS, EPISODE_INDEX, EXPERT_ACTION, FRAME_COLUMNS,
-    DEFAULT_SOURCE, FRAME_INDEX, INDEX, OBS_IMAGE, OBS_STATE, REWARD, SOURCES, SPLITS, SUCCESS, TASK_INDEX,
+    DEFAULT_SOURCE, FRAME_INDEX, INDEX, OBS_ENV_STATE, OBS_IMAGE, OBS_STATE, REWARD, SOURCES, SPLITS, SUCCESS, TASK_INDEX,
     DatasetValidationError,
 )
 
@@ -36,6 +36,7 @@ class EpisodeData:
     success: bool
     first_success_step: int
     source: str = DEFAULT_SOURCE  #: "expert" or "policy" (a policy's rollout in the real simulator)
+    env_states: np.ndarray | None = None  #: (T, E) float32 objects and goal (``observation.environment_state``)
 
 
 def _fixed_list(array: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
@@ -62,6 +63,10 @@ def write_dataset(
     (out / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
     h, w, _ = episodes[0].frames.shape[1:]
     state_dim, action_dim = episodes[0].states.shape[1], episodes[0].actions.shape[1]
+    # the environment state is written only when every episode has it: a column with holes would
+    # make a world model trained on it silently skip (or invent) the missing episodes
+    with_env = all(ep.env_states is not None for ep in episodes)
+    env_dim = episodes[0].env_states.shape[1] if with_env else 0
 
     episode_rows: list[dict[str, Any]] = []
     file_index, pending, pending_rows, global_index = 0, [], 0, 0
@@ -71,7 +76,7 @@ def write_dataset(
         if not pending:
             return
         cat = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-        table = pa.table({
+        columns = {
             OBS_IMAGE: _fixed_list(cat[OBS_IMAGE], pa.uint8()),
             OBS_STATE: _fixed_list(cat[OBS_STATE], pa.float32()),
             ACTION: _fixed_list(cat[ACTION], pa.float32()),
@@ -83,8 +88,10 @@ def write_dataset(
             EPISODE_INDEX: pa.array(cat[EPISODE_INDEX], pa.int64()),
             FRAME_INDEX: pa.array(cat[FRAME_INDEX], pa.int64()),
             INDEX: pa.array(cat[INDEX], pa.int64()),
-        })
-        pq.write_table(table, out / "data" / "chunk-000" / f"file-{file_index:03d}.parquet", compression="zstd")
+        }
+        if with_env:
+            columns[OBS_ENV_STATE] = _fixed_list(cat[OBS_ENV_STATE], pa.float32())
+        pq.write_table(pa.table(columns), out / "data" / "chunk-000" / f"file-{file_index:03d}.parquet", compression="zstd")
         file_index += 1
         pending, pending_rows = [], 0
 
@@ -97,17 +104,23 @@ def write_dataset(
             raise DatasetValidationError(f"episode {ep_idx}: frames {ep.frames.shape} / actions {ep.actions.shape} "
                                          f"differ from the first episode's {(h, w, 3)} / {action_dim}")
         n = len(ep.actions)
+        if with_env and ep.env_states.shape != (n, env_dim):
+            raise DatasetValidationError(f"episode {ep_idx}: environment states {ep.env_states.shape}, expected "
+                                         f"({n}, {env_dim}) (one row per frame, the first episode's width)")
         if pending_rows and pending_rows + n > frames_per_file:
             flush()
         done = np.zeros(n, bool)
         done[-1] = True
-        pending.append({
+        row = {
             OBS_IMAGE: ep.frames.astype(np.uint8), OBS_STATE: ep.states.astype(np.float32),
             ACTION: ep.actions.astype(np.float32), EXPERT_ACTION: ep.expert_actions.astype(np.float32),
             REWARD: ep.rewards.astype(np.float32), DONE: done, SUCCESS: ep.successes.astype(bool),
             TASK_INDEX: np.full(n, ep.task_index), EPISODE_INDEX: np.full(n, ep_idx),
             FRAME_INDEX: np.arange(n), INDEX: np.arange(global_index, global_index + n),
-        })
+        }
+        if with_env:
+            row[OBS_ENV_STATE] = ep.env_states.astype(np.float32)
+        pending.append(row)
         episode_rows.append({
             "episode_index": ep_idx, "task_index": ep.task_index, "length": n, "seed": ep.seed,
             "perturbation": ep.perturbation, "noisy": ep.noisy, "success": ep.success,
@@ -150,6 +163,7 @@ def write_dataset(
             EPISODE_INDEX: {"dtype": "int64", "shape": [1]},
             FRAME_INDEX: {"dtype": "int64", "shape": [1]},
             INDEX: {"dtype": "int64", "shape": [1]},
+            **({OBS_ENV_STATE: {"dtype": "float32", "shape": [env_dim]}} if with_env else {}),
         },
         **(info_extra or {}),
     }
@@ -175,6 +189,8 @@ class LoadedDataset:
     task_index: np.ndarray  #: (N,) int64
     episode_index: np.ndarray  #: (N,) int64
     frame_index: np.ndarray  #: (N,) int64
+    #: (N, E) float32 objects and goal (``observation.environment_state``); None: not recorded
+    env_states: np.ndarray | None = None
 
     @property
     def image_size(self) -> int:
@@ -244,6 +260,7 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
     try:
         h, w, _ = feats[OBS_IMAGE]["shape"]
         dims = {"H": h, "W": w, "S": feats[OBS_STATE]["shape"][0], "A": feats[ACTION]["shape"][0]}
+        env_dim = int(feats[OBS_ENV_STATE]["shape"][0]) if OBS_ENV_STATE in feats else 0
     except (KeyError, ValueError, TypeError) as err:
         raise DatasetValidationError(f"{info_path}: features are incomplete ({err!r})") from err
     if expected_action_dim is not None and dims["A"] != expected_action_dim:
@@ -266,6 +283,7 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
         raise DatasetValidationError(f"{episodes_path.name}: missing episode column(s) {missing}")
 
     parts: dict[str, list[np.ndarray]] = {c: [] for c in FRAME_COLUMNS}
+    env_parts: list[np.ndarray] = []
     files = sorted({(e["data/chunk_index"], e["data/file_index"]) for e in episodes})
     for chunk, file in files:
         path = root / info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet").format(
@@ -277,14 +295,20 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
         for name, (dtype, shape) in FRAME_COLUMNS.items():
             resolved = None if shape is None else tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
             parts[name].append(_column_array(table, name, path, dtype, resolved))
+        if env_dim:
+            if OBS_ENV_STATE not in table.column_names:
+                raise DatasetValidationError(f"{path.name}: missing column '{OBS_ENV_STATE}' (meta/info.json declares it)")
+            env_parts.append(_column_array(table, OBS_ENV_STATE, path, "float32", (env_dim,)))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if env_dim:
+        arrays[OBS_ENV_STATE] = np.concatenate(env_parts)
 
     n = len(arrays[INDEX])
     if n == 0:
         raise DatasetValidationError(f"{root}: the dataset has no frames")
     if not np.array_equal(arrays[INDEX], np.arange(n)):
         raise DatasetValidationError(f"{root}: column '{INDEX}' is not 0..{n - 1} in file order (missing or reordered rows)")
-    for name in (OBS_STATE, ACTION, EXPERT_ACTION, REWARD):
+    for name in (OBS_STATE, ACTION, EXPERT_ACTION, REWARD) + ((OBS_ENV_STATE,) if env_dim else ()):
         bad = ~np.isfinite(arrays[name])
         if bad.any():
             row = int(np.argwhere(bad.reshape(n, -1).any(axis=1))[0, 0])
@@ -310,6 +334,7 @@ def load_dataset(root: str | Path, expected_action_dim: int | None = None,
         episodes=episodes, images=arrays[OBS_IMAGE], states=arrays[OBS_STATE], actions=arrays[ACTION],
         expert_actions=arrays[EXPERT_ACTION], rewards=arrays[REWARD], successes=arrays[SUCCESS],
         task_index=arrays[TASK_INDEX], episode_index=arrays[EPISODE_INDEX], frame_index=arrays[FRAME_INDEX],
+        env_states=arrays.get(OBS_ENV_STATE),
     )
 
 
@@ -361,10 +386,14 @@ def concat_datasets(datasets: Sequence[LoadedDataset]) -> LoadedDataset:
                                     for i, d in enumerate(datasets)])
     info = {**first.info, "total_episodes": len(episodes), "total_frames": offset,
             "sources": sorted({ep["source"] for ep in episodes})}
+    # environment states only if every part has them, of one width (else a world model would train on holes)
+    with_env = all(d.env_states is not None for d in datasets) and len({d.env_states.shape[1] for d in datasets
+                                                                         if d.env_states is not None}) == 1
     return LoadedDataset(root=first.root, info=info, tasks=list(first.tasks), instructions=list(first.instructions),
                          episodes=episodes, images=cat("images"), states=cat("states"), actions=cat("actions"),
                          expert_actions=cat("expert_actions"), rewards=cat("rewards"), successes=cat("successes"),
-                         task_index=cat("task_index"), episode_index=episode_index, frame_index=cat("frame_index"))
+                         task_index=cat("task_index"), episode_index=episode_index, frame_index=cat("frame_index"),
+                         env_states=cat("env_states") if with_env else None)
 
 
 def episodes_of(data: LoadedDataset) -> tuple[list[EpisodeData], list[str]]:
@@ -376,6 +405,7 @@ def episodes_of(data: LoadedDataset) -> tuple[list[EpisodeData], list[str]]:
             int(ep["task_index"]), int(ep["seed"]), str(ep["perturbation"]), data.images[lo:hi], data.states[lo:hi],
             data.actions[lo:hi], data.expert_actions[lo:hi], data.rewards[lo:hi], data.successes[lo:hi],
             bool(ep["noisy"]), bool(ep["success"]), int(ep["first_success_step"]),
-            source=str(ep.get("source") or DEFAULT_SOURCE)))
+            source=str(ep.get("source") or DEFAULT_SOURCE),
+            env_states=None if data.env_states is None else data.env_states[lo:hi]))
         splits.append(str(ep["split"]))
     return episodes, splits

@@ -18,6 +18,9 @@ CODEBASE_VERSION = "vla-rft/v1"  # bump when the layout or a feature changes mea
 
 OBS_IMAGE = "observation.image"
 OBS_STATE = "observation.state"
+#: optional: objects and goal (``tasks.ENV_STATE_NAMES``), privileged; world models may predict it,
+#: policies never see it. Written when every episode carries it; datasets without it read as None.
+OBS_ENV_STATE = "observation.environment_state"
 ACTION = "action"
 EXPERT_ACTION = "expert_action"
 REWARD = "next.reward"

@@ -8,7 +8,8 @@ After WMPO and WoVR. One step, top to bottom:
 2. **imagine** - each start repeated G times; the current policy samples a chunk (exploration std
    range), the world model predicts its frames, the policy acts on the predicted frame, for
    ``horizon`` chunks (:func:`vla_rft.world_model.imagine.imagine_episodes`);
-3. **judge** - the success model scores each chunk's last frame; the episode succeeds at the
+3. **judge** - the success model scores each chunk's last frame (or, ``success_model.input: state``, the
+   world model's predicted proprio + environment state); the episode succeeds at the
    first chunk with p >= threshold, and later chunks are masked out;
 4. **advantages** - episode reward (1/0, + ``progress_coef`` * max p) normalised within each group;
    with ``filter_groups`` groups whose outcomes are all equal are dropped (counted); every chunk
@@ -121,16 +122,26 @@ def pessimistic_probabilities(probs: torch.Tensor, veto_probs: torch.Tensor) -> 
     return torch.minimum(probs, veto_probs)
 
 
+def judge_probabilities(success_model, episodes, judge_tasks: torch.Tensor) -> torch.Tensor:
+    """The judge's success probability (N, H) at the end of every imagined chunk: on its last frame
+    (``success_model.input: frame``) or on the world model's predicted state (``state``)."""
+    n, horizon = episodes.last_frames.shape[:2]
+    inputs = success_model.inputs(episodes.last_frames, episodes.states).flatten(0, 1)
+    return success_model.probability(inputs, judge_tasks).reshape(n, horizon)
+
+
 def veto_probabilities(veto_world_model, success_model, episodes, start_images: torch.Tensor,
-                       start_states: torch.Tensor, task_index: torch.Tensor, judge_tasks: torch.Tensor) -> torch.Tensor:
+                       start_states: torch.Tensor, task_index: torch.Tensor, judge_tasks: torch.Tensor,
+                       start_env_states: torch.Tensor | None = None) -> torch.Tensor:
     """The judge's per-chunk success probabilities (N, H) on ``veto_world_model``'s open-loop replay of the
-    imagined ``episodes``' actions from the same starts (``judge_tasks``: the judge's task index per chunk,
+    imagined ``episodes``' actions from the same starts (``start_states``: proprio, ``start_env_states``:
+    the environment state for a model that predicts it; ``judge_tasks``: the judge's task index per chunk,
     (N * H,)); :func:`pessimistic_probabilities` pairs them with the first model's."""
-    n, horizon = episodes.actions.shape[:2]
+    horizon = episodes.actions.shape[1]
     actions = episodes.actions
-    replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], start_images, start_states,
-                              task_index, horizon)
-    return success_model.probability(replay.last_frames.flatten(0, 1), judge_tasks).reshape(n, horizon)
+    replay = imagine_episodes(veto_world_model, lambda _i, _s, _t, h: actions[:, h], start_images,
+                              veto_world_model.model_states(start_states, start_env_states), task_index, horizon)
+    return judge_probabilities(success_model, replay, judge_tasks)
 
 
 def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model, policy,
@@ -177,6 +188,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         images = repeat_group(images_all[starts], g)
         states = repeat_group(torch.from_numpy(data.states[starts]), g)
+        env_states = None if data.env_states is None else repeat_group(torch.from_numpy(data.env_states[starts]), g)
         tasks = repeat_group(torch.from_numpy(data.task_index[starts]), g)
 
         # 2. imagine closed-loop episodes with the sampling policy
@@ -189,19 +201,20 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
             return chunk.cpu()
 
         with torch.no_grad():
-            episodes = imagine_episodes(world_model, act, images, states, to_policy_task[tasks], horizon)
+            episodes = imagine_episodes(world_model, act, images, world_model.model_states(states, env_states),
+                                        to_policy_task[tasks], horizon)
             old_logp = torch.stack(old_logps, 1)  # (N, H)
 
             # 3. judge every chunk's last frame
             n = b * g
             judge_tasks = task_map[tasks].repeat_interleave(horizon)
-            probs = success_model.probability(episodes.last_frames.flatten(0, 1), judge_tasks).reshape(n, horizon).cpu()
+            probs = judge_probabilities(success_model, episodes, judge_tasks).cpu()
             thresholds = per_episode_threshold(threshold, success_model, task_map[tasks])
             vetoed = 0
             if veto_world_model is not None:
                 alone, _ = episode_outcomes(probs, thresholds)
                 veto = veto_probabilities(veto_world_model, success_model, episodes, images, states,
-                                          to_policy_task[tasks], judge_tasks)
+                                          to_policy_task[tasks], judge_tasks, env_states)
                 probs = pessimistic_probabilities(probs, veto.cpu())
             success, mask = episode_outcomes(probs, thresholds)
             if veto_world_model is not None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vla_rft.rft.episode import episode_outcomes, per_episode_threshold, pessimistic_probabilities, veto_probabilities
+from vla_rft.rft.episode import (
+    episode_outcomes, judge_probabilities, per_episode_threshold, pessimistic_probabilities, veto_probabilities,
+)
 from vla_rft.sim.perturbations import EpisodeSpec
 from vla_rft.sim.rollouts import record_policy_episodes
 from vla_rft.success.train import roc_auc
@@ -86,15 +88,15 @@ def honesty_check(policy, world_model, success_model, threshold: float | dict[st
         with torch.no_grad():
             return policy(img, st, torch.from_numpy(to_policy)[ti]).mean.cpu()
 
-    start_states = torch.from_numpy(obs.states)
-    episodes = imagine_episodes(world_model, act, images, start_states, task_index, horizon)
+    start_states, start_env = torch.from_numpy(obs.states), torch.from_numpy(obs.env_states)
+    episodes = imagine_episodes(world_model, act, images, world_model.model_states(start_states, start_env),
+                                task_index, horizon)
     judge_tasks = torch.as_tensor(success_model.task_order(tasks))[task_index]
-    probs = success_model.probability(episodes.last_frames.flatten(0, 1),
-                                      judge_tasks.repeat_interleave(horizon)).reshape(len(specs), horizon)
+    probs = judge_probabilities(success_model, episodes, judge_tasks.repeat_interleave(horizon))
     if veto_world_model is not None:
         probs = pessimistic_probabilities(probs, veto_probabilities(
             veto_world_model, success_model, episodes, images, start_states, task_index,
-            judge_tasks.repeat_interleave(horizon)))
+            judge_tasks.repeat_interleave(horizon), start_env))
     imagined, _ = episode_outcomes(probs.cpu(), per_episode_threshold(threshold, success_model, judge_tasks))
     real_success = np.array([r.success for r in real])
     out = honesty_from_outcomes(tasks, np.array([s.task for s in specs]), imagined.numpy(), real_success)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla_rft.sim.perturbations import EpisodeSpec, Layout, episode_layout
-from vla_rft.tasks import STATE_DIM, TASKS
+from vla_rft.tasks import ENV_STATE_DIM, STATE_DIM, TASKS
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 # Meta-World's scripted experts warn on every step that their gains "may be too high" (the env
@@ -38,6 +38,7 @@ class StepResult:
     state: np.ndarray  #: (STATE_DIM,) proprioception the policy sees
     reward: float
     success: bool
+    env_state: np.ndarray  #: (ENV_STATE_DIM,) objects and goal (privileged: :func:`environment_state`)
 
 
 class MetaWorldEnv:
@@ -117,7 +118,7 @@ class MetaWorldEnv:
         if self._env.curr_path_length >= self._env.max_path_length:
             raise RuntimeError("episode exceeded Meta-World's max_path_length; reset first")
         obs, reward, _, _, info = self._env.step(action)
-        return StepResult(obs, proprio(obs), float(reward), bool(info["success"]))
+        return StepResult(obs, proprio(obs), float(reward), bool(info["success"]), environment_state(obs))
 
     def render(self) -> np.ndarray:
         """The current camera frame, (H, W, 3) uint8, upright."""
@@ -149,6 +150,16 @@ class MetaWorldEnv:
 def proprio(obs: np.ndarray) -> np.ndarray:
     """Hand xyz and gripper opening: the first 4 entries of Meta-World's observation."""
     return np.asarray(obs[:STATE_DIM], dtype=np.float32)
+
+
+def environment_state(obs: np.ndarray) -> np.ndarray:
+    """Objects' poses and the goal position (``tasks.ENV_STATE_NAMES``) from Meta-World's 39-d observation."""
+    obs = np.asarray(obs)
+    if obs.shape != (39,):
+        raise ValueError(f"expected Meta-World's 39-d observation, got shape {obs.shape}")
+    out = np.concatenate([obs[STATE_DIM:18], obs[36:39]]).astype(np.float32)
+    assert len(out) == ENV_STATE_DIM
+    return out
 
 
 _ENVS: dict[tuple, MetaWorldEnv] = {}

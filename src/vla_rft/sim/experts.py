@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_rft.sim.env import MetaWorldEnv, proprio
+from vla_rft.sim.env import MetaWorldEnv, environment_state, proprio
 from vla_rft.sim.perturbations import EpisodeSpec, _rng
 from vla_rft.tasks import TASKS
 
@@ -31,6 +31,8 @@ class EpisodeRecord:
     noisy: bool
     success: bool  #: the expert succeeded within the step limit
     first_success_step: int  #: steps taken to first success (-1 if never)
+    #: (T, ENV_STATE_DIM) float32: objects and goal before action t (``observation.environment_state``)
+    env_states: np.ndarray | None = None
 
     @property
     def length(self) -> int:
@@ -56,12 +58,13 @@ def record_expert_episode(
     expert = make_expert(spec.task)
     noise_rng = _rng("action-noise", spec.task, spec.seed)
     obs = env.reset(spec)
-    frames, states, actions, labels, rewards, successes = [], [], [], [], [], []
+    frames, states, env_states, actions, labels, rewards, successes = [], [], [], [], [], [], []
     first_success = -1
     for t in range(max_steps):
         if t % render_every == 0:
             frames.append(env.render())
         states.append(proprio(obs))
+        env_states.append(environment_state(obs))
         label = np.clip(expert.get_action(obs), -1.0, 1.0).astype(np.float32)
         executed = label
         if action_noise > 0:
@@ -88,4 +91,5 @@ def record_expert_episode(
         noisy=action_noise > 0,
         success=first_success >= 0,
         first_success_step=first_success,
+        env_states=np.stack(env_states).astype(np.float32),
     )

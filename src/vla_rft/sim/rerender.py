@@ -53,6 +53,7 @@ def select_tasks(data: LoadedDataset, tasks: Sequence[str] | None = None) -> Loa
                    actions=data.actions[rows], expert_actions=data.expert_actions[rows], rewards=data.rewards[rows],
                    successes=data.successes[rows], task_index=data.task_index[rows], episode_index=episode_index,
                    frame_index=data.frame_index[rows],
+                   env_states=None if data.env_states is None else data.env_states[rows],
                    info={**data.info, "total_episodes": len(episodes), "total_frames": offset})
 
 

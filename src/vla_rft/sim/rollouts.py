@@ -16,6 +16,7 @@ import numpy as np
 
 from vla_rft.sim.experts import EpisodeRecord
 from vla_rft.sim.perturbations import EpisodeSpec
+from vla_rft.tasks import ENV_STATE_DIM
 
 PolicyFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -48,6 +49,7 @@ def _run_batch(sim, batch, act, tasks, max_steps, post, record, noisy) -> list[E
     task_index = np.array([list(tasks).index(s.task) for s in batch], np.int64)
     rec_f = [[frames[i]] for i in range(n)]
     rec_s = [[states[i]] for i in range(n)]
+    rec_e = [[obs.env_states[i].astype(np.float32)] for i in range(n)]
     rec_a: list[list[np.ndarray]] = [[] for _ in range(n)]
     rec_ok: list[list[bool]] = [[] for _ in range(n)]
     rec_r: list[list[float]] = [[] for _ in range(n)]
@@ -72,6 +74,7 @@ def _run_batch(sim, batch, act, tasks, max_steps, post, record, noisy) -> list[E
                     rec_r[b].append(float(step.rewards[b, j]))
                     rec_f[b].append(step.frames[b, j])  # the frame after action j
                     rec_s[b].append(step.step_states[b, j].astype(np.float32))
+                    rec_e[b].append(step.step_env_states[b, j].astype(np.float32))
                 if step.step_success[b, j] and first[b] < 0:
                     first[b] = steps[b] + j + 1
             steps[b] += step.steps[b]
@@ -87,5 +90,6 @@ def _run_batch(sim, batch, act, tasks, max_steps, post, record, noisy) -> list[E
             states=np.stack(rec_s[b][:t]).astype(np.float32) if t else np.zeros((0, 4), np.float32),
             actions=acts, expert_actions=acts.copy(), rewards=np.asarray(rec_r[b], np.float32),
             successes=np.asarray(rec_ok[b], bool), noisy=noisy, success=bool(first[b] >= 0),
-            first_success_step=int(first[b])))
+            first_success_step=int(first[b]),
+            env_states=np.stack(rec_e[b][:t]).astype(np.float32) if t else np.zeros((0, ENV_STATE_DIM), np.float32)))
     return records

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vla_rft.sim.env import MetaWorldEnv, proprio
+from vla_rft.sim.env import MetaWorldEnv, environment_state, proprio
 from vla_rft.sim.experts import EpisodeRecord, record_expert_episode
 from vla_rft.sim.perturbations import EpisodeSpec
 
@@ -28,6 +28,7 @@ class Observation:
 
     frames: np.ndarray  #: (B, H, W, 3) uint8
     states: np.ndarray  #: (B, STATE_DIM) float32
+    env_states: np.ndarray  #: (B, ENV_STATE_DIM) float32: objects and goal (privileged; for world models)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ChunkStep:
     first_success: np.ndarray  #: (B,) 1-based step of the chunk at which success first held, 0 if none
     step_states: np.ndarray  #: (B, K, STATE_DIM) the state after each action (a finished env repeats its last)
     step_success: np.ndarray  #: (B, K) bool, the simulator's success flag after each action
+    step_env_states: np.ndarray  #: (B, K, ENV_STATE_DIM) objects and goal after each action (privileged)
 
 
 class _EnvHost:
@@ -53,6 +55,7 @@ class _EnvHost:
         self.active: list[MetaWorldEnv] = []
         self.steps: list[int] = []
         self.last_state: list[np.ndarray] = []
+        self.last_env_state: list[np.ndarray] = []
         self.last_frame: list[np.ndarray | None] = []
         self.max_steps = 500
 
@@ -67,7 +70,7 @@ class _EnvHost:
 
     def reset(self, specs: Sequence[EpisodeSpec], max_steps: int) -> tuple[np.ndarray, np.ndarray]:
         counts: dict[str, int] = {}
-        self.active, frames, states = [], [], []
+        self.active, frames, states, env_states = [], [], [], []
         for spec in specs:
             slot = counts.get(spec.task, 0)
             counts[spec.task] = slot + 1
@@ -76,11 +79,13 @@ class _EnvHost:
             self.active.append(env)
             frames.append(env.render())
             states.append(proprio(obs))
+            env_states.append(environment_state(obs))
         self.steps = [0] * len(specs)
         self.last_state = list(states)
+        self.last_env_state = list(env_states)
         self.last_frame = list(frames)
         self.max_steps = max_steps
-        return np.stack(frames), np.stack(states)
+        return np.stack(frames), np.stack(states), np.stack(env_states)
 
     def step_chunk(self, actions: np.ndarray, render_all: bool, active: np.ndarray | None = None):
         n, k = actions.shape[:2]
@@ -93,6 +98,7 @@ class _EnvHost:
         executed = np.zeros(n, np.int64)
         step_success = np.zeros((n, k), bool)
         step_states = np.repeat(states[:, None], k, axis=1)
+        step_env = np.repeat(np.stack(self.last_env_state[:n]).astype(np.float32)[:, None], k, axis=1)
         for i, env in enumerate(self.active):
             env_frames = []
             for j in range(k if active[i] else 0):
@@ -108,6 +114,7 @@ class _EnvHost:
                 step_success[i, j] = result.success
                 states[i] = self.last_state[i] = result.state
                 step_states[i, j:] = result.state
+                step_env[i, j:] = self.last_env_state[i] = result.env_state
                 if render_all:
                     env_frames.append(env.render())
             # an env that did not move keeps its last frame: no need to render it again
@@ -118,7 +125,8 @@ class _EnvHost:
                 frames.append(np.stack(env_frames))
             else:
                 frames.append(last[None])
-        return np.stack(frames), states, rewards, success, executed, first_success, step_states, step_success
+        return (np.stack(frames), states, rewards, success, executed, first_success, step_states, step_success,
+                step_env)
 
 
 def _worker_main(conn, render_args) -> None:
@@ -229,7 +237,7 @@ class BatchedSimulator:
         self._split = [slice(bounds[w], bounds[w + 1]) for w in range(workers)]
         calls = [(w, "reset", (list(starts[s]), self.max_episode_steps)) for w, s in enumerate(self._split) if s.stop > s.start]
         replies = self._call(calls)
-        return Observation(np.concatenate([r[0] for r in replies]), np.concatenate([r[1] for r in replies]))
+        return Observation(*(np.concatenate([r[i] for r in replies]) for i in range(3)))
 
     def step_chunk(self, actions: np.ndarray, render: str = "last", active: np.ndarray | None = None) -> ChunkStep:
         """Execute a (B, K, A) chunk in every env; ``render`` is 'last' (one frame) or 'all' (K frames).
@@ -246,7 +254,7 @@ class BatchedSimulator:
         calls = [(w, "step_chunk", (actions[s], render == "all", active[s]))
                  for w, s in enumerate(self._split) if s.stop > s.start]
         replies = self._call(calls)
-        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(8)))
+        return ChunkStep(*(np.concatenate([r[i] for r in replies]) for i in range(9)))
 
     def close(self) -> None:
         for conn in self._conns:

@@ -86,8 +86,9 @@ def replay_frames(world_model, data: LoadedDataset, split: str, *, horizon: int,
         # the recorded actions of each chunk; past an episode's end the last action repeats (never kept)
         idx = np.minimum(rows[:, None] + np.arange(h * k)[None], ends[:, None] - 1)
         actions = torch.from_numpy(data.actions[idx]).reshape(len(group), h, k, -1)
+        start_states = world_model.model_states(data.states[rows], None if data.env_states is None else data.env_states[rows])
         episodes = imagine_episodes(world_model, lambda _i, _s, _t, c: actions[:, c], images_all[rows],
-                                    torch.from_numpy(data.states[rows]), torch.from_numpy(data.task_index[rows]), h)
+                                    start_states, torch.from_numpy(data.task_index[rows]), h)
         for j, (e, r, s) in enumerate(group):
             n = int(chunks[j])
             parts["frames"].append(episodes.last_frames[j, :n])

@@ -21,6 +21,7 @@ from torch import nn
 
 from vla_rft.policy.modeling import spatial_softmax
 from vla_rft.success.configuration import ARCHITECTURE_FIELDS, ARCHITECTURE_LEGACY, SuccessModelConfig
+from vla_rft.tasks import ENV_STATE_DIM, STATE_DIM
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -28,18 +29,42 @@ CALIBRATION_NAME = "calibration.json"
 MODEL_TYPE = "vla_rft_success_model"
 
 
-class SuccessModel(nn.Module):
-    """Frames (B, 3, H, W) uint8 + task indices (B,) -> success logits (B,)."""
+def relative_positions(states: torch.Tensor) -> torch.Tensor:
+    """Hand - object, object - goal, hand - goal (B, 9), in decimetres, from proprio + environment states
+    (B, STATE_DIM + ENV_STATE_DIM) laid out as ``tasks.STATE_NAMES`` + ``tasks.ENV_STATE_NAMES``."""
+    hand = states[:, 0:3]
+    obj = states[:, STATE_DIM:STATE_DIM + 3]
+    goal = states[:, STATE_DIM + ENV_STATE_DIM - 3:STATE_DIM + ENV_STATE_DIM]
+    return torch.cat([hand - obj, obj - goal, hand - goal], -1) * 10.0
 
-    def __init__(self, config: SuccessModelConfig, *, image_size: int, tasks: Sequence[str]):
+
+class SuccessModel(nn.Module):
+    """Frames (B, 3, H, W) uint8 (``input: frame``) or states (B, state_dim) (``input: state``: proprio
+    then environment state, as a world model with ``environment_state`` predicts them) + task indices
+    (B,) -> success logits (B,)."""
+
+    def __init__(self, config: SuccessModelConfig, *, image_size: int, tasks: Sequence[str], state_dim: int = 0):
         super().__init__()
         if not tasks:
             raise ValueError("a success model needs at least one task")
-        self.config, self.image_size, self.tasks = config, image_size, list(tasks)
+        if (config.input == "state") != (state_dim > 0):
+            raise ValueError(f"success_model.input={config.input!r} needs state_dim > 0 exactly for 'state', got {state_dim}")
+        if config.input == "state" and config.relative_state and state_dim != STATE_DIM + ENV_STATE_DIM:
+            raise ValueError(f"success_model.relative_state reads hand, object and goal from states of "
+                             f"{STATE_DIM + ENV_STATE_DIM} entries, got {state_dim}")
+        self.config, self.image_size, self.tasks, self.state_dim = config, image_size, list(tasks), state_dim
         layers, c_in = [], 3
-        for c in config.channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
-            c_in = c
+        if config.input == "state":  # an MLP over the normalised state; the widths are channels'
+            self.register_buffer("state_mean", torch.zeros(state_dim))
+            self.register_buffer("state_std", torch.ones(state_dim))
+            c_in = state_dim + (9 if config.relative_state else 0)
+            for c in config.channels:
+                layers += [nn.Linear(c_in, c), nn.LayerNorm(c), nn.SiLU()]
+                c_in = c
+        else:
+            for c in config.channels:
+                layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(min(8, c), c), nn.SiLU()]
+                c_in = c
         self.encoder = nn.Sequential(*layers)
         self.keypoint_logits = nn.Conv2d(config.channels[1], config.keypoints, 1) if config.keypoints else None
         self.task_embeddings = nn.Embedding(len(self.tasks), config.task_embedding)
@@ -51,10 +76,36 @@ class SuccessModel(nn.Module):
         #: ``thresholds_per_task``); empty for a model calibrated before they existed
         self.task_thresholds: dict[str, float] = {}
 
+    def set_state_normalization(self, mean, std) -> None:
+        """The train states' statistics (saved with the weights); constant entries keep std 1."""
+        std = torch.as_tensor(std, dtype=torch.float32)
+        self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.state_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def inputs(self, frames: torch.Tensor, states: torch.Tensor | None) -> torch.Tensor:
+        """What this judge reads of an episode's frames (N, ..., 3, H, W) and world-model states (N, ..., S)."""
+        if self.config.input == "frame":
+            return frames
+        if states is None or states.shape[-1] != self.state_dim:
+            raise ValueError(f"this success model reads states of {self.state_dim} entries (proprio + environment "
+                             f"state), got {None if states is None else states.shape[-1]}: judge a world model "
+                             "trained with world_model.environment_state on data of the same tasks")
+        return states
+
     def forward(self, images: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        device = self.task_embeddings.weight.device
+        if self.config.input == "state":
+            if images.dim() != 2 or images.shape[1] != self.state_dim:
+                raise ValueError(f"states must be (B, {self.state_dim}), got {tuple(images.shape)}")
+            states = images.to(device).float()
+            x = (states - self.state_mean) / self.state_std
+            if self.config.relative_state:
+                x = torch.cat([x, relative_positions(states)], -1)
+            x = self.encoder(x)
+            task = self.task_embeddings(task_index.to(device).long().reshape(-1))
+            return self.head(torch.cat([x, task], -1)).squeeze(-1)
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        device = self.task_embeddings.weight.device
         x = images.to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         x = x * 2 - 1
@@ -93,7 +144,7 @@ class SuccessModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
         meta = {"model_type": MODEL_TYPE, "image_size": self.image_size, "tasks": self.tasks,
-                "architecture": self.config.architecture()}
+                "state_dim": self.state_dim, "architecture": self.config.architecture()}
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         tmp = directory / f".{CALIBRATION_NAME}.tmp"
         tmp.write_text(json.dumps({"threshold": self.threshold, **(calibration or {})}, indent=2))
@@ -112,7 +163,8 @@ class SuccessModel(nn.Module):
         if meta.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{directory / CONFIG_NAME}: model_type {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
         arch = {**ARCHITECTURE_LEGACY, **{k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}}
-        model = cls(SuccessModelConfig(**arch), image_size=meta["image_size"], tasks=meta["tasks"])
+        model = cls(SuccessModelConfig(**arch), image_size=meta["image_size"], tasks=meta["tasks"],
+                    state_dim=int(meta.get("state_dim", 0)))
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
         calibration = json.loads((directory / CALIBRATION_NAME).read_text())
         model.threshold = float(calibration["threshold"])

@@ -1,4 +1,5 @@
-"""Train the success model on real frames labelled by the simulator, calibrate its threshold.
+"""Train the success model on real frames (or, ``input: state``, real proprio + environment states)
+labelled by the simulator, calibrate its threshold.
 
 Frame ``t`` of an episode shows the scene after action ``t-1``, so its label is that action's
 ``next.success`` flag (the reset frame is a failure). Batches are half positive, half negative
@@ -23,6 +24,7 @@ import torch
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
+from vla_rft.errors import ConfigError
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
 from vla_rft.training import decay_param_groups, write_curves
@@ -170,6 +172,9 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
     torch.manual_seed(common.seed)
     np.random.seed(common.seed % 2**32)
     device = torch.device(common.device)
+    if cfg.input == "state" and cfg.imagined_steps:
+        raise ConfigError("success_model.input=state trains on real states only: set success_model.imagined_steps=0 "
+                          "(the imagined fine-tune replays frames)")
     rows, labels = frame_labels(data, "train")
     pos, neg = rows[labels], rows[~labels]
     if len(pos) == 0 or len(neg) == 0:
@@ -193,9 +198,17 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
         im_task = torch.from_numpy(imagined.task_index)
         n_imagined = max(1, round(cfg.batch_size * cfg.imagined_share))
     total = cfg.steps + cfg.imagined_steps
-    model = SuccessModel(cfg, image_size=data.image_size, tasks=data.tasks).to(device)
+    if cfg.input == "state":  # row t's state is the scene frame t shows: the same labels
+        if data.env_states is None:
+            raise ValueError(f"{data.root}: success_model.input=state needs the column 'observation.environment_state', "
+                             "which this dataset does not record (record it anew with prepare-data / collect-rollouts)")
+        inputs = torch.from_numpy(np.concatenate([data.states, data.env_states], 1).astype(np.float32))
+        model = SuccessModel(cfg, image_size=data.image_size, tasks=data.tasks, state_dim=inputs.shape[1]).to(device)
+        model.set_state_normalization(inputs[rows].mean(0), inputs[rows].std(0))
+    else:
+        inputs = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))  # what the judge reads, by row
+        model = SuccessModel(cfg, image_size=data.image_size, tasks=data.tasks).to(device)
     optimizer = torch.optim.AdamW(decay_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
     task_index = torch.from_numpy(data.task_index)
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME
     step, curve, elapsed = 0, [], 0.0
@@ -211,12 +224,12 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
         rng = np.random.default_rng([common.seed, _STREAM, step])
         if step < cfg.steps:
             batch_rows, y = _balanced_batch(rng, pos, neg, cfg.batch_size)
-            logits = model(images[batch_rows], task_index[batch_rows])
+            logits = model(inputs[batch_rows], task_index[batch_rows])
         else:  # the imagined phase: imagined frames, and real ones so the real-frame skill is kept
             im_batch, y_im = _balanced_batch(rng, im_pos, im_neg, n_imagined)
             batch_rows, y_real = _balanced_batch(rng, pos, neg, cfg.batch_size - n_imagined)
             y = np.concatenate([y_im, y_real])
-            logits = model(torch.cat([imagined.frames[im_batch], images[batch_rows]]),
+            logits = model(torch.cat([imagined.frames[im_batch], inputs[batch_rows]]),
                            torch.cat([im_task[im_batch], task_index[batch_rows]]))
         target = torch.from_numpy(y).to(device)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
@@ -243,7 +256,7 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
     val_rows, val_labels = frame_labels(data, "val")
     if len(val_rows) == 0:
         raise ValueError("the dataset has no val episodes: the success threshold cannot be calibrated")
-    probs = model.probability(images[val_rows], task_index[val_rows]).cpu().numpy()
+    probs = model.probability(inputs[val_rows], task_index[val_rows]).cpu().numpy()
     if imagined_val is None:
         cal_probs, cal_labels, cal_tasks = probs, val_labels, data.task_index[val_rows]
         calibration = {"calibrated_on": "real val frames"}

@@ -15,7 +15,7 @@ LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 #: fields that define the network (written to the model's config.json); the rest is training/eval
 ARCHITECTURE_FIELDS: tuple[str, ...] = (
     "channels", "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_ratio", "dropout",
-    "frame_channels", "cond_size", "max_flow", "use_state",
+    "frame_channels", "cond_size", "max_flow", "use_state", "environment_state",
 )
 
 
@@ -58,6 +58,11 @@ class WorldModelConfig:
     max_flow: float = 8.0
     #: feed the proprio state (hand xyz, gripper) as a token and into the frame conditioning
     use_state: bool = True
+    #: also predict the scene's state (objects and goal, the dataset's ``observation.environment_state``)
+    #: after every action, as extra state entries: given at the start like the proprio state, chained
+    #: chunk to chunk, never shown to the policy; a success judge can then read an imagined episode's
+    #: outcome off where its objects are (``success_model.input: state``). Needs datasets recording it
+    environment_state: bool = False
 
     # -- training ---------------------------------------------------------------------------------
     #: AdamW peak learning rate

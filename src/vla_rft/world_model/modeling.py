@@ -79,8 +79,11 @@ class WorldModel(nn.Module):
     """1 context frame (+ proprio state) and K actions -> the next K frames, batched."""
 
     def __init__(self, config: WorldModelConfig, image_size: int = 64, chunk_len: int = 8,
-                 action_dim: int = 4, state_dim: int = 4):
+                 action_dim: int = 4, state_dim: int = 4, env_state_dim: int = 0):
         super().__init__()
+        if bool(env_state_dim) != config.environment_state or not 0 <= env_state_dim < state_dim:
+            raise ValueError(f"world_model.environment_state={config.environment_state} needs env_state_dim > 0 "
+                             f"(and < state_dim {state_dim}) exactly when set, got {env_state_dim}")
         levels = len(config.channels)
         coarse = image_size // 2 ** (levels - 1)
         if image_size % 2 ** (levels - 1) or coarse % config.patch_size:
@@ -92,6 +95,9 @@ class WorldModel(nn.Module):
         self.config = config
         self.image_size, self.chunk_len = image_size, chunk_len
         self.action_dim, self.state_dim = action_dim, state_dim
+        #: the last ``env_state_dim`` state entries are the scene's (objects, goal), the first
+        #: ``proprio_dim`` the robot's: only those are a policy's input
+        self.env_state_dim, self.proprio_dim = env_state_dim, state_dim - env_state_dim
         self.grid = coarse // config.patch_size
         ch, d, c = config.channels, config.hidden_size, config.cond_size
         self.register_buffer("state_mean", torch.zeros(state_dim))
@@ -159,6 +165,23 @@ class WorldModel(nn.Module):
         """Store the dataset's state statistics (saved with the weights)."""
         self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3))
+
+    def model_states(self, states, env_states=None) -> torch.Tensor:
+        """The state this model takes (N, state_dim): the proprio states (N, proprio_dim), followed
+        by the environment states (N, env_state_dim) for a model that predicts them."""
+        states = torch.as_tensor(states, dtype=torch.float32)
+        if states.shape[-1] != self.proprio_dim:
+            raise ValueError(f"states have {states.shape[-1]} entries, this world model's proprio state has {self.proprio_dim}")
+        if not self.env_state_dim:
+            return states
+        if env_states is None:
+            raise ValueError("this world model predicts the environment state (world_model.environment_state): its "
+                             "start states need observation.environment_state, which the data does not record")
+        env_states = torch.as_tensor(env_states, dtype=torch.float32)
+        if env_states.shape[-1] != self.env_state_dim:
+            raise ValueError(f"environment states have {env_states.shape[-1]} entries, this world model's have "
+                             f"{self.env_state_dim}")
+        return torch.cat([states, env_states], -1)
 
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device)
@@ -283,7 +306,7 @@ class WorldModel(nn.Module):
     def model_config(self) -> dict:
         return {
             "model_type": MODEL_TYPE, "image_size": self.image_size, "chunk_len": self.chunk_len,
-            "action_dim": self.action_dim, "state_dim": self.state_dim,
+            "action_dim": self.action_dim, "state_dim": self.state_dim, "env_state_dim": self.env_state_dim,
             "architecture": self.config.architecture(),
         }
 
@@ -307,7 +330,7 @@ class WorldModel(nn.Module):
             raise ValueError(f"{directory / CONFIG_NAME}: model_type {meta.get('model_type')!r}, expected {MODEL_TYPE!r}")
         arch = {k: v for k, v in meta["architecture"].items() if k in ARCHITECTURE_FIELDS}
         model = cls(WorldModelConfig(**arch), meta["image_size"], meta["chunk_len"], meta["action_dim"],
-                    meta["state_dim"])
+                    meta["state_dim"], meta.get("env_state_dim", 0))  # saved before the field: none
         try:
             state = load_file(str(directory / WEIGHTS_NAME))
         except Exception as err:  # safetensors raises its own error type for a truncated or corrupt file

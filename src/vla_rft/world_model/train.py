@@ -14,6 +14,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from vla_rft import distributed
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
+from vla_rft.data.schema import DatasetValidationError
 from vla_rft.data.torch_dataset import ChunkDataset
 from vla_rft.training import decay_param_groups, scheduled_lr, write_curves
 from vla_rft.world_model.configuration import WorldModelConfig
@@ -101,9 +103,21 @@ def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg:
 CURVE_FIELDS = ("step", "loss", "pixel_loss", "state_loss", "lr", "seconds")
 
 
+def with_environment_state(data: LoadedDataset) -> LoadedDataset:
+    """``data`` with each state row followed by its environment state (what a world model with
+    ``world_model.environment_state`` trains on); a named error for data that does not record it."""
+    if data.env_states is None:
+        raise DatasetValidationError(
+            f"{data.root}: world_model.environment_state needs the column 'observation.environment_state', which "
+            "this dataset does not record (recorded by prepare-data / collect-rollouts since it exists: record anew)")
+    return replace(data, states=np.concatenate([data.states, data.env_states], 1))
+
+
 def build_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedDataset) -> WorldModel:
-    """A fresh world model sized for ``data``, with state statistics of its train split."""
-    model = WorldModel(cfg, data.image_size, common.chunk_len, data.action_dim, data.state_dim)
+    """A fresh world model sized for ``data`` (:func:`with_environment_state` applied when
+    ``cfg.environment_state``), with state statistics of its train split."""
+    env_dim = data.env_states.shape[1] if cfg.environment_state else 0
+    model = WorldModel(cfg, data.image_size, common.chunk_len, data.action_dim, data.state_dim, env_dim)
     rows = np.concatenate([np.arange(e["dataset_from_index"], e["dataset_to_index"]) for e in data.episodes_in("train")])
     model.set_state_normalization(data.states[rows].mean(0), data.states[rows].std(0))
     return model
@@ -134,6 +148,8 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     np.random.seed(common.seed % 2**32)
     random.seed(common.seed)
 
+    if cfg.environment_state:
+        data = with_environment_state(data)
     ds = ChunkDataset(data, "train", common.chunk_len)
     model = build_model(cfg, common, data).to(device)
     if init_from is not None:
