@@ -882,11 +882,7 @@ def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, w
 
     if not dataset_uris:
         raise ValueError("train-success-model needs at least one --dataset")
-    if cfg.success_model.input == "state" and cfg.success_model.imagined_steps:
-        from vla_rft.errors import ConfigError
-
-        raise ConfigError("success_model.input=state trains on real states only: set success_model.imagined_steps=0 "
-                          "(the imagined fine-tune replays frames)")
+    cfg.success_model.check_trainable()  # before the --world-model check, whose advice would not apply
     if cfg.success_model.imagined_steps and not world_model_uri:
         raise ValueError(f"success_model.imagined_steps is {cfg.success_model.imagined_steps}: pass --world-model "
                          "(the grounded world model RFT imagines with), or set success_model.imagined_steps=0")

@@ -86,6 +86,13 @@ class SuccessModelConfig:
         if not 0 < self.target_precision <= 1:
             raise ConfigError(f"success_model.target_precision must be in (0, 1], got {self.target_precision}")
 
+    def check_trainable(self) -> None:
+        """Settings valid one by one but not together for training (a loaded model's config skips this:
+        its training fields are defaults)."""
+        if self.input == "state" and self.imagined_steps:
+            raise ConfigError("success_model.input=state trains on real states only: set success_model.imagined_steps=0 "
+                              "(the imagined fine-tune replays frames)")
+
     def architecture(self) -> dict:
         """The fields that define the network, as written to the model's config.json."""
         return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in ARCHITECTURE_FIELDS}

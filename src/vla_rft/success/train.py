@@ -24,7 +24,6 @@ import torch
 from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
-from vla_rft.errors import ConfigError
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
 from vla_rft.training import decay_param_groups, write_curves
@@ -172,9 +171,7 @@ def train_success_model(cfg: SuccessModelConfig, common: CommonConfig, data: Loa
     torch.manual_seed(common.seed)
     np.random.seed(common.seed % 2**32)
     device = torch.device(common.device)
-    if cfg.input == "state" and cfg.imagined_steps:
-        raise ConfigError("success_model.input=state trains on real states only: set success_model.imagined_steps=0 "
-                          "(the imagined fine-tune replays frames)")
+    cfg.check_trainable()
     rows, labels = frame_labels(data, "train")
     pos, neg = rows[labels], rows[~labels]
     if len(pos) == 0 or len(neg) == 0:
