@@ -92,12 +92,20 @@ ARMS = {a.name: a for a in (
     # the drift hypothesis once more: the trunk (shared by every task) frozen, only the action heads move
     Arm("explore_low_heads", "exploration std 0.1-0.2 and only the action heads trained (trunk and heads)",
         ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.trainable=heads")),
+    # the loss is on the hard tasks, the exploits on the solved ones (drawer-open): start imagined episodes
+    # only from the tasks the base's rollouts do not already solve in 90 % of episodes
+    Arm("unsolved", "no starts from tasks the rollouts solve in >= 90 % of episodes (all tasks)",
+        ("rft.skip_solved_at=0.9",)),
+    Arm("explore_low_heads_unsolved", "exploration std 0.1-0.2, only the action heads trained, no starts from "
+        "tasks the rollouts solve in >= 90 %",
+        ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.trainable=heads", "rft.skip_solved_at=0.9")),
 )}
 
 #: at one RFT seed per arm, differences of ~5 points between arms are noise: these arms also run with
 #: other seeds (``<arm>_s<seed>``: other starts, exploration noise and minibatches; the same base,
 #: world model, judge and development layouts), and the report pools each arm over its seeds
-REPLICATED, REPLICATE_SEEDS = ("reference", "explore_low", "explore_low_veto", "explore_low_heads"), (1, 2)
+REPLICATED, REPLICATE_SEEDS = ("reference", "explore_low", "explore_low_veto", "explore_low_heads",
+                               "explore_low_heads_unsolved"), (1, 2)
 for _name in REPLICATED:
     for _seed in REPLICATE_SEEDS:
         _arm = ARMS[_name]

@@ -15,7 +15,8 @@ from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.episode import (episode_advantages, episode_outcomes, masked_clipped_loss, per_episode_threshold,
-                                 pessimistic_probabilities, train_episode_grpo)
+                                 pessimistic_probabilities, policy_success_rates, start_rows, start_task_indices,
+                                 train_episode_grpo)
 from vla_rft.rft.honesty import exploitation_warnings, honesty_from_outcomes, success_threshold
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
@@ -159,9 +160,10 @@ def test_episode_grpo_updates_and_resume_equals_uninterrupted(data, tmp_path):
         assert torch.equal(x, y), name
     # all-equal outcomes with filtering: every group dropped, counted, nothing learned
     none = _policy(data)
-    s = train_episode_grpo(RFTConfig(**{**cfg, "steps": 1, "progress_coef": 0.0, "filter_groups": True}), common,
+    s = train_episode_grpo(RFTConfig(**{**cfg, "steps": 1, "progress_coef": 0.0, "filter_groups": True,
+                                        "start_tasks": [data.tasks[1]]}), common,
                            data, wm, none, judge, 0.999999, tmp_path / "c", tmp_path / "c.ckpt", progress=False)
-    assert s["groups_dropped"] == 2
+    assert s["groups_dropped"] == 2 and s["start_tasks"] == [data.tasks[1]]
     assert all(torch.equal(base[k], v) for k, v in none.state_dict().items())
 
 
@@ -251,6 +253,12 @@ def test_rft_config_names_bad_episode_values():
         RFTConfig(success_threshold_source="guess")
     with pytest.raises(ConfigError, match="rft.honesty_seed_offset"):
         RFTConfig(honesty_seed_offset=1_000_000)
+    with pytest.raises(ConfigError, match="rft.skip_solved_at"):
+        RFTConfig(mode="episode", skip_solved_at=1.5)
+    with pytest.raises(ConfigError, match="twice"):
+        RFTConfig(mode="episode", start_tasks=["push", "push"])
+    with pytest.raises(ConfigError, match="chunk"):  # chunk mode has no episode starts to choose
+        RFTConfig(start_tasks=["push"])
 
 
 SETS = ["sim.tasks=[push, drawer-open]", "sim.num_workers=0", "sim.max_episode_steps=24",
@@ -286,6 +294,34 @@ def test_collect_rollouts_keeps_failures_as_policy_data_on_training_seeds(data, 
     with pytest.raises(ConfigError, match="expert data"):
         stages.collect_rollouts(load_config("params.yaml", "quick", sets + ["collect_rollouts.seed_offset=0"]),
                                 str(policy_dir), str(tmp_path / "r3"), progress=False)
+
+
+def test_starts_come_from_the_chosen_tasks_and_not_from_those_the_rollouts_solve(data, rollouts):
+    import dataclasses
+
+    both = concat_datasets([data, load_dataset(rollouts[0])])
+    push, drawer = both.tasks.index("push"), both.tasks.index("drawer-open")
+    assert start_task_indices(both, [], 0.0) is None  # every task
+    chosen = start_task_indices(both, ["drawer-open", "push"], 0.0)
+    assert chosen == [drawer, push]
+    rows = start_rows(both, "train", 200, 0.5, np.random.default_rng(0), chosen)
+    assert set(both.task_index[rows].tolist()) == {push, drawer}
+    assert set(both.task_index[start_rows(both, "train", 200, 0.5, np.random.default_rng(0))].tolist()) \
+        == set(range(len(both.tasks)))
+    # the untrained policy's rollouts all fail: nothing is solved, nothing skipped
+    assert policy_success_rates(both) == {push: 0.0, drawer: 0.0}
+    assert start_task_indices(both, [], 0.5) == list(range(len(both.tasks)))
+    # push's rollouts made successful: push is solved and skipped, drawer-open and the tasks without rollouts kept
+    eps = [dict(e, success=True) if e["source"] == "policy" and e["task_index"] == push else e for e in both.episodes]
+    solved = dataclasses.replace(both, episodes=eps)
+    assert policy_success_rates(solved) == {push: 1.0, drawer: 0.0}
+    assert start_task_indices(solved, [], 0.9) == [t for t in range(len(both.tasks)) if t != push]
+    with pytest.raises(ConfigError, match="leave no task"):
+        start_task_indices(solved, ["push"], 0.9)
+    with pytest.raises(ConfigError, match="pick-place"):  # not among the quick dataset's tasks
+        start_task_indices(both, ["pick-place"], 0.0)
+    with pytest.raises(ConfigError, match="no policy rollouts"):
+        start_task_indices(data, [], 0.5)
 
 
 def test_datasets_without_a_source_column_read_as_expert(tiny_dataset, tmp_path):

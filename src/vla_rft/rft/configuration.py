@@ -8,7 +8,7 @@ and trains on a CPU, so learning rates are larger and groups smaller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,13 @@ class RFTConfig:
     mode: Literal["chunk", "episode"] = "chunk"
     horizon: int = 12  #: chunks per imagined episode (WMPO 23-48, WoVR 32; 12 x 8 = 96 steps covers most tasks)
     keyframe_share: float = 0.5  #: share of starts taken at a random frame inside a recorded episode (else its reset frame)
+    #: tasks whose recorded episodes start imagined episodes (empty: every task); the honesty check
+    #: still covers every task
+    start_tasks: list[str] = field(default_factory=list)
+    #: no starts from tasks the policy's recorded rollouts (source "policy") succeed in at least this
+    #: share of (0 = off): their groups are mostly all-success, and what the update learns there moves
+    #: the shared network for the tasks with room to improve (docs/decisions.md)
+    skip_solved_at: float = 0.0
     #: the success threshold: "calibrated" (the success model's calibration.json), "per_task" (its threshold
     #: per task, calibrated on that task's val frames) or "fixed" (success_threshold)
     success_threshold_source: Literal["calibrated", "per_task", "fixed"] = "calibrated"
@@ -114,6 +121,15 @@ class RFTConfig:
             raise ConfigError(f"rft.horizon must be >= 1 chunk, got {self.horizon}")
         if not 0.0 <= self.keyframe_share <= 1.0:
             raise ConfigError(f"rft.keyframe_share must be in [0, 1], got {self.keyframe_share}")
+        if not isinstance(self.start_tasks, list) or not all(isinstance(t, str) and t for t in self.start_tasks):
+            raise ConfigError(f"rft.start_tasks must be a list of task names, got {self.start_tasks!r}")
+        if len(set(self.start_tasks)) != len(self.start_tasks):
+            raise ConfigError(f"rft.start_tasks lists a task twice: {self.start_tasks}")
+        if not 0.0 <= self.skip_solved_at <= 1.0:
+            raise ConfigError(f"rft.skip_solved_at must be in [0, 1] (0 = off), got {self.skip_solved_at}")
+        if self.mode == "chunk" and (self.start_tasks or self.skip_solved_at):
+            raise ConfigError("rft.start_tasks and rft.skip_solved_at choose episode mode's starts; "
+                              "rft.mode is 'chunk'")
         if not 0.0 < self.success_threshold < 1.0:
             raise ConfigError(f"rft.success_threshold must be in (0, 1), got {self.success_threshold}")
         if self.progress_coef < 0 or self.honesty_episodes_per_task < 0:

@@ -34,6 +34,7 @@ from vla_rft.checkpointing import load_checkpoint, save_checkpoint
 from vla_rft.config import CommonConfig
 from vla_rft.data import LoadedDataset
 from vla_rft.data.torch_dataset import ChunkDataset
+from vla_rft.errors import ConfigError
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.grpo import check_compatible, dataset_to_policy_tasks, policy_objective, rft_optimizer
 from vla_rft.rft.groups import exploration_range, repeat_group
@@ -47,12 +48,51 @@ CURVE_FIELDS = ("step", "success_rate", "reward_mean", "groups_kept", "groups_dr
 _SALT = 9_400  # the episode-mode start stream, apart from chunk mode's
 
 
-def start_rows(data: LoadedDataset, split: str, n: int, keyframe_share: float, rng: np.random.Generator) -> np.ndarray:
-    """Dataset rows of ``n`` start frames: reset frames of random episodes, or (share ``keyframe_share``)
-    a random frame inside one (not in its last chunk's worth of frames)."""
+def start_task_indices(data: LoadedDataset, start_tasks: list[str], skip_solved_at: float) -> list[int] | None:
+    """Dataset task indices imagined episodes may start from (None: every task): the tasks named in
+    ``start_tasks`` (all when empty), less those whose policy rollouts in ``data`` (every split) succeed
+    in at least ``skip_solved_at`` of their episodes (0: none skipped; a task without rollouts is kept).
+    A name the dataset lacks, or a
+    rule that leaves no task, is a ConfigError naming them."""
+    if not start_tasks and not skip_solved_at:
+        return None
+    unknown = [t for t in start_tasks if t not in data.tasks]
+    if unknown:
+        raise ConfigError(f"rft.start_tasks: {', '.join(unknown)} not in the dataset's tasks "
+                          f"({', '.join(data.tasks)})")
+    chosen = [data.tasks.index(t) for t in start_tasks] if start_tasks else list(range(len(data.tasks)))
+    if skip_solved_at:
+        rates = policy_success_rates(data)
+        if not rates:
+            raise ConfigError("rft.skip_solved_at is set but the data hold no policy rollouts "
+                              "(pass the collect-rollouts output as the rollouts)")
+        chosen = [t for t in chosen if rates.get(t, 0.0) < skip_solved_at]
+    if not chosen:
+        raise ConfigError(f"rft.start_tasks / rft.skip_solved_at ({start_tasks}, {skip_solved_at}) leave no task "
+                          f"to start imagined episodes from")
+    return chosen
+
+
+def policy_success_rates(data: LoadedDataset) -> dict[int, float]:
+    """Per dataset task index, the share of its policy-rollout episodes (``source`` policy) that succeed."""
+    outcomes: dict[int, list[bool]] = {}
+    for ep in data.episodes:
+        if ep.get("source") == "policy":
+            outcomes.setdefault(int(ep["task_index"]), []).append(bool(ep["success"]))
+    return {t: float(np.mean(o)) for t, o in outcomes.items()}
+
+
+def start_rows(data: LoadedDataset, split: str, n: int, keyframe_share: float, rng: np.random.Generator,
+               tasks: list[int] | None = None) -> np.ndarray:
+    """Dataset rows of ``n`` start frames: reset frames of random episodes (of ``tasks``' dataset task
+    indices only, if given), or (share ``keyframe_share``) a random frame inside one (not in its last
+    chunk's worth of frames)."""
     eps = data.episodes_in(split)
+    if tasks is not None:
+        eps = [e for e in eps if int(e["task_index"]) in tasks]
     if not eps:
-        raise ValueError(f"split {split!r} has no episodes to start imagined episodes from")
+        raise ValueError(f"split {split!r} has no episodes{' of the start tasks' if tasks is not None else ''} "
+                         f"to start imagined episodes from")
     picks = rng.integers(0, len(eps), size=n)
     key = rng.random(n) < keyframe_share
     offs = rng.random(n)
@@ -157,6 +197,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
     task_map = torch.as_tensor(success_model.task_order(data.tasks))  # dataset task index -> the judge's
     to_policy_task = dataset_to_policy_tasks(policy, data)  # dataset task index -> the policy's, by instruction
     std_range = exploration_range(cfg)
+    start_tasks = start_task_indices(data, cfg.start_tasks, cfg.skip_solved_at)
     out_dir, checkpoint_dir = Path(out_dir), Path(checkpoint_dir)
     device = torch.device(common.device)
     torch.set_num_threads(common.num_threads)
@@ -184,7 +225,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         t0 = time.time()
         # 1. sample starts
         rng = np.random.default_rng((common.seed, _SALT, step))
-        starts = start_rows(data, "train", b, cfg.keyframe_share, rng)
+        starts = start_rows(data, "train", b, cfg.keyframe_share, rng, start_tasks)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         images = repeat_group(images_all[starts], g)
         states = repeat_group(torch.from_numpy(data.states[starts]), g)
@@ -287,6 +328,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
     summary = {
         "mode": "episode", "steps": cfg.steps, "seconds": elapsed, "seconds_per_step": elapsed / max(1, len(rows)),
         "horizon": horizon, "threshold": threshold,
+        "start_tasks": list(data.tasks) if start_tasks is None else [data.tasks[t] for t in start_tasks],
         "imagined_success_first": float(np.mean([r["success_rate"] for r in rows[:tenth]])) if rows else None,
         "imagined_success_last": float(np.mean([r["success_rate"] for r in rows[-tenth:]])) if rows else None,
         "groups_dropped": int(sum(r["groups_dropped"] for r in rows)), "groups_total": b * len(rows),
