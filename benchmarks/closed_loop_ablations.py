@@ -104,8 +104,7 @@ ARMS = {a.name: a for a in (
 #: at one RFT seed per arm, differences of ~5 points between arms are noise: these arms also run with
 #: other seeds (``<arm>_s<seed>``: other starts, exploration noise and minibatches; the same base,
 #: world model, judge and development layouts), and the report pools each arm over its seeds
-REPLICATED, REPLICATE_SEEDS = ("reference", "explore_low", "explore_low_veto", "explore_low_heads",
-                               "explore_low_heads_unsolved"), (1, 2)
+REPLICATED, REPLICATE_SEEDS = ("reference", "explore_low", "explore_low_veto", "explore_low_heads"), (1, 2)
 for _name in REPLICATED:
     for _seed in REPLICATE_SEEDS:
         _arm = ARMS[_name]

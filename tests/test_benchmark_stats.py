@@ -152,11 +152,13 @@ def test_ablation_arms_are_named_settings_and_an_unknown_one_is_refused():
     assert [a.name for a in abl.parse_arms("shuffled, horizon6")] == ["shuffled", "horizon6"]
     with pytest.raises(ValueError, match="unknown arm.*horizon7.*known: reference"):
         abl.parse_arms("reference,horizon7")
-    # every arm's overrides are valid config values that differ from the defaults
+    # every arm's overrides are valid config values (in episode mode, as the script runs them) that differ
+    # from the defaults
     params = str(Path(__file__).resolve().parents[1] / "params.yaml")
-    ref = load_config(params, "standard", [])
+    episode = ["rft.mode=episode"]
+    ref = load_config(params, "standard", episode)
     for arm in abl.parse_arms(""):
-        cfg = load_config(params, "standard", list(arm.overrides))
+        cfg = load_config(params, "standard", [*episode, *arm.overrides])
         changed = (cfg.section("rft"), cfg.common) != (ref.section("rft"), ref.common)
         assert changed == bool(arm.overrides), arm.name
     # a replicate is its arm with another RFT seed and nothing else
@@ -164,8 +166,8 @@ def test_ablation_arms_are_named_settings_and_an_unknown_one_is_refused():
         for seed in abl.REPLICATE_SEEDS:
             rep = abl.ARMS[f"{name}_s{seed}"]
             assert abl.arm_seed(rep.name) == (name, seed) and abl.arm_seed(name) == (name, 0)
-            cfg, own = load_config(params, "standard", list(rep.overrides)), load_config(
-                params, "standard", list(abl.ARMS[name].overrides))
+            cfg, own = load_config(params, "standard", [*episode, *rep.overrides]), load_config(
+                params, "standard", [*episode, *abl.ARMS[name].overrides])
             assert cfg.common.seed == seed and cfg.section("rft") == own.section("rft")
             assert (rep.world_model, rep.veto) == (abl.ARMS[name].world_model, abl.ARMS[name].veto)
     assert abl.arm_seed("explore_low_lr1e-5") == ("explore_low_lr1e-5", 0)

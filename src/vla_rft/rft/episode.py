@@ -52,8 +52,7 @@ def start_task_indices(data: LoadedDataset, start_tasks: list[str], skip_solved_
     """Dataset task indices imagined episodes may start from (None: every task): the tasks named in
     ``start_tasks`` (all when empty), less those whose policy rollouts in ``data`` (every split) succeed
     in at least ``skip_solved_at`` of their episodes (0: none skipped; a task without rollouts is kept).
-    A name the dataset lacks, or a
-    rule that leaves no task, is a ConfigError naming them."""
+    A name the dataset lacks, or a rule that leaves no task, is a ConfigError naming them."""
     if not start_tasks and not skip_solved_at:
         return None
     unknown = [t for t in start_tasks if t not in data.tasks]
