@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from vla_rft.config import CommonConfig, ConfigError
 from vla_rft.data import load_dataset
+from vla_rft.data.schema import DatasetValidationError
 from vla_rft.data.torch_dataset import ChunkDataset
 from vla_rft.world_model.configuration import ARCHITECTURE_FIELDS, WorldModelConfig
 from vla_rft.world_model.modeling import ImaginedSimulator, WorldModel
@@ -123,6 +124,78 @@ def test_resume_equals_uninterrupted(data, common, trained, tmp_path, monkeypatc
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     curve = json.loads((tmp_path / "m" / "curves.json").read_text())
     assert [r["step"] for r in curve] == [2, 4, 6]
+
+
+def test_unrolled_loss_feeds_the_models_own_frame_and_state_back(trained, data, common):
+    """Chunk 2 of a sequence starts from chunk 1's predicted last frame (8-bit, as a rollout feeds it) and
+    predicted state, not the recorded ones, and the gradient runs back through that chain."""
+    model = WorldModel.from_pretrained(trained[0])
+    cfg = tiny_config(unroll_chunks=2)
+    ds = ChunkDataset(data, "train", 2 * K)
+    batch = wm_train.training_batch(ds, np.arange(0, len(ds), len(ds) // 4)[:4])
+    picks = [wm_train.frame_selection(0, 5, 4, K, 2, j) for j in range(2)]
+    assert not torch.equal(picks[0], picks[1])  # each chunk draws its own frames
+    state = batch["state"].clone().requires_grad_()
+    total, _ = wm_train.unrolled_loss(model, {**batch, "state": state}, picks, cfg)
+
+    first = picks[0].clone()
+    first[:, -1] = K - 1  # a chunk that feeds the next decodes its last frame
+    head = {k: v[:, :K] if k in ("actions", "future_images", "future_states") else v for k, v in batch.items()}
+    out0 = model(batch["image"], batch["actions"][:, :K], state, first)
+    loss0, _ = wm_train.world_model_loss(out0, {**head, "state": state}, cfg, model)
+    tail = {"image": batch["future_images"][:, K - 1], "state": batch["future_states"][:, K - 1],
+            "future_images": batch["future_images"][:, K:], "future_states": batch["future_states"][:, K:]}
+
+    def second_chunk(context, state):
+        out = model(context, batch["actions"][:, K:], state, picks[1])
+        return wm_train.world_model_loss(out, tail, cfg, model)[0]
+
+    fed_back = second_chunk(torch.round(out0.frames[:, -1].clamp(0, 1) * 255) / 255, out0.states[:, -1])
+    teacher = second_chunk(batch["future_images"][:, K - 1], batch["future_states"][:, K - 1])
+    assert torch.allclose(total, (loss0 + fed_back) / 2, atol=1e-6)
+    assert abs(float(fed_back.detach()) - float(teacher.detach())) > 1e-4
+    (g_total,) = torch.autograd.grad(total, state, retain_graph=True)
+    (g_first,) = torch.autograd.grad(loss0 / 2, state)
+    assert (g_total - g_first).abs().sum() > 0.01 * g_first.abs().sum()  # chunk 2's loss reaches the start state
+
+
+def test_unrolled_training_resumes_exactly_and_refuses_mixing(data, common, tmp_path, monkeypatch):
+    cfg = tiny_config(unroll_chunks=2)
+    whole = wm_train.train_world_model(cfg, common, data, tmp_path / "a", tmp_path / "ca", progress=False)
+    assert whole["unroll_chunks"] == 2 and np.isfinite(whole["final_loss"])
+    original = wm_train.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(path, model, optimizer, extra, scheduler=None):
+        original(path, model, optimizer, extra, scheduler=scheduler)
+        if extra["step"] == 3:
+            raise Killed
+
+    monkeypatch.setattr(wm_train, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        wm_train.train_world_model(cfg, common, data, tmp_path / "b", tmp_path / "cb", progress=False)
+    monkeypatch.setattr(wm_train, "save_checkpoint", original)
+    with pytest.raises(ValueError, match="unroll_chunks"):  # a 2-chunk checkpoint does not resume a 1-chunk run
+        wm_train.train_world_model(tiny_config(), common, data, tmp_path / "b", tmp_path / "cb", resume=True,
+                                   progress=False)
+    resumed = wm_train.train_world_model(cfg, common, data, tmp_path / "b", tmp_path / "cb", resume=True,
+                                         progress=False)
+    assert resumed["resumed_from_step"] == 3 and abs(resumed["final_loss"] - whole["final_loss"]) < 1e-5
+    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_unroll_longer_than_the_episodes_is_refused_by_name(data, common, tmp_path):
+    with pytest.raises(ConfigError, match="world_model.unroll_chunks"):
+        tiny_config(unroll_chunks=0)
+    longest = max(e["length"] for e in data.episodes_in("train"))
+    too_many = longest // K + 1
+    with pytest.raises(DatasetValidationError, match=f"world_model.unroll_chunks={too_many}"):
+        wm_train.train_world_model(tiny_config(unroll_chunks=too_many), common, data, tmp_path / "m", tmp_path / "c",
+                                   progress=False)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
 def test_data_order_is_a_function_of_seed_and_step():

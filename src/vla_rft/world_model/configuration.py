@@ -96,6 +96,12 @@ class WorldModelConfig:
     mse_weight: float = 1.0
     #: weight of the future-state regression loss (the state head lets rollouts chain chunks)
     state_loss_weight: float = 1.0
+    #: consecutive chunks per training sequence: chunk 1 from the real frame and state, each later one
+    #: from the model's own predicted last frame (8-bit rounded, straight-through) and predicted state,
+    #: as a rollout chains them, with the gradient through the chain; every chunk scored against the
+    #: recorded future. 1 = one chunk from the real frame (teacher forcing). Costs ~unroll_chunks x a
+    #: step (batch_size counts sequences); needs episodes longer than unroll_chunks * chunk_len
+    unroll_chunks: int = 1
     #: steps between atomic checkpoints (0: only at the end)
     checkpoint_interval: int = 500
     #: steps between rows of the training curve (loss averaged over the interval)
@@ -121,7 +127,7 @@ class WorldModelConfig:
         if self.patch_size < 1:
             fail("patch_size", "must be >= 1")
         for name in ("hidden_size", "num_layers", "num_heads", "mlp_ratio", "frame_channels", "cond_size",
-                     "batch_size", "steps", "log_interval", "eval_batch_size", "gif_scale"):
+                     "batch_size", "steps", "log_interval", "eval_batch_size", "gif_scale", "unroll_chunks"):
             if getattr(self, name) < 1:
                 fail(name, "must be >= 1")
         if self.hidden_size % self.num_heads:

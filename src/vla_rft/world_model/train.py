@@ -56,11 +56,12 @@ def batch_indices(seed: int, step: int, batch_size: int, num_items: int) -> np.n
     return out
 
 
-def frame_selection(seed: int, step: int, batch_size: int, chunk_len: int, count: int) -> torch.Tensor:
-    """Which future frames each chunk of the batch at ``step`` decodes: (B, count), sorted, distinct."""
+def frame_selection(seed: int, step: int, batch_size: int, chunk_len: int, count: int, chunk: int = 0) -> torch.Tensor:
+    """Which future frames each chunk of the batch at ``step`` decodes: (B, count), sorted, distinct.
+    ``chunk``: the chunk's place in an unrolled sequence (0: the first, the only one without unrolling)."""
     if count <= 0 or count >= chunk_len:
         return torch.arange(chunk_len).expand(batch_size, chunk_len).clone()
-    rng = np.random.default_rng([seed, _FRAME_STREAM, step])
+    rng = np.random.default_rng([seed, _FRAME_STREAM, step] + ([chunk] if chunk else []))
     picks = np.sort(np.argsort(rng.random((batch_size, chunk_len)), axis=1)[:, :count], axis=1)
     return torch.from_numpy(picks)
 
@@ -98,6 +99,41 @@ def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg:
     state = (out.states_norm - future_norm).square().mean() + (out.state_estimate_norm - state_norm).square().mean()
     loss = pixel + cfg.state_loss_weight * state
     return loss, {"pixel": float(pixel.detach()), "state": float(state.detach())}
+
+
+def unrolled_loss(model: WorldModel, batch: dict[str, torch.Tensor], frames: list[torch.Tensor], cfg: WorldModelConfig,
+                  ctx: distributed.Context | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`world_model_loss` over ``len(frames)`` chained chunks, averaged over the chunks.
+
+    ``batch`` holds sequences of ``len(frames) * K`` steps (:func:`training_batch` of a
+    :class:`ChunkDataset` with that chunk length); ``frames[j]`` (B, F) are chunk j's decoded frames.
+    Chunk 0 starts from the recorded frame and state; chunk j > 0 from chunk j-1's predicted last frame
+    (rounded to 8 bits with a straight-through gradient, as :meth:`WorldModel.rollout` feeds it back)
+    and predicted state, so the gradient runs through the chain. Every chunk is scored against the
+    recorded future, and its moving-pixel mask and state-estimate target are the recorded frame and
+    state at its start. A chunk that feeds the next decodes its last frame (its last pick becomes K-1).
+    """
+    k, u = model.chunk_len, len(frames)
+    image, state = batch["image"], batch["state"]
+    total, parts = torch.zeros((), device=model.device), {"pixel": 0.0, "state": 0.0}
+    for j in range(u):
+        steps = slice(j * k, (j + 1) * k)
+        truth = {"image": batch["image"] if j == 0 else batch["future_images"][:, j * k - 1],
+                 "state": batch["state"] if j == 0 else batch["future_states"][:, j * k - 1],
+                 "future_images": batch["future_images"][:, steps], "future_states": batch["future_states"][:, steps]}
+        pick = frames[j]
+        if j < u - 1:
+            pick = pick.clone()
+            pick[:, -1] = k - 1
+        out = model(image, batch["actions"][:, steps], state, pick)
+        loss, chunk_parts = world_model_loss(out, truth, cfg, model, ctx)
+        total = total + loss / u
+        parts = {name: parts[name] + chunk_parts[name] / u for name in parts}
+        if j < u - 1:
+            last = out.frames[:, -1].clamp(0, 1)
+            image = last + (torch.round(last * 255) / 255 - last).detach()
+            state = out.states[:, -1]
+    return total, parts
 
 
 CURVE_FIELDS = ("step", "loss", "pixel_loss", "state_loss", "lr", "seconds")
@@ -150,7 +186,15 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
 
     if cfg.environment_state:
         data = with_environment_state(data)
-    ds = ChunkDataset(data, "train", common.chunk_len)
+    unroll = cfg.unroll_chunks
+    try:  # an item is a sequence of `unroll` chunks inside one episode (one chunk: today's items, same order)
+        ds = ChunkDataset(data, "train", common.chunk_len * unroll)
+    except ValueError:
+        if unroll == 1:
+            raise
+        raise DatasetValidationError(
+            f"{data.root}: world_model.unroll_chunks={unroll} needs train episodes longer than {unroll} chunks of "
+            f"{common.chunk_len} steps ({unroll * common.chunk_len + 1} frames); this dataset has none") from None
     model = build_model(cfg, common, data).to(device)
     if init_from is not None:
         init = WorldModel.from_pretrained(init_from)
@@ -167,9 +211,10 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     acc = {"loss": 0.0, "pixel": 0.0, "state": 0.0, "n": 0}
     if resume and ckpt_path.exists():
         meta = load_checkpoint(ckpt_path, model, optimizer, scheduler)
-        if meta["architecture"] != cfg.architecture() or meta["seed"] != common.seed:
-            raise ValueError(f"checkpoint {ckpt_path} was written with another architecture or seed; "
-                             "delete it or train without resume")
+        if (meta["architecture"] != cfg.architecture() or meta["seed"] != common.seed
+                or meta.get("unroll_chunks", 1) != unroll):  # written before the field: one chunk
+            raise ValueError(f"checkpoint {ckpt_path} was written with another architecture, seed or "
+                             "world_model.unroll_chunks; delete it or train without resume")
         step, rows, elapsed, acc, last_loss = (meta[k] for k in ("step", "curves", "seconds", "accumulator", "last_loss"))
 
     def checkpoint() -> None:
@@ -177,7 +222,7 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
             return
         save_checkpoint(ckpt_path, model, optimizer, scheduler=scheduler, extra={
             "step": step, "curves": rows, "seconds": elapsed + time.time() - t0, "accumulator": acc,
-            "last_loss": last_loss, "architecture": cfg.architecture(), "seed": common.seed,
+            "last_loss": last_loss, "architecture": cfg.architecture(), "seed": common.seed, "unroll_chunks": unroll,
         })
 
     model.train()
@@ -187,12 +232,16 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
                disable=not progress or not sys.stderr.isatty())
     while step < cfg.steps:
         indices = batch_indices(common.seed, step, cfg.batch_size, len(ds))
-        frames = frame_selection(common.seed, step, cfg.batch_size, common.chunk_len, cfg.train_frames)
+        frames = [frame_selection(common.seed, step, cfg.batch_size, common.chunk_len, cfg.train_frames, j)
+                  for j in range(unroll)]
         if ctx.distributed:  # this rank's slice of the global batch and of its per-sample frame picks
-            indices, frames = indices[part], frames[part]
+            indices, frames = indices[part], [f[part] for f in frames]
         batch = training_batch(ds, indices)
-        out = model(batch["image"], batch["actions"], batch["state"], frames)
-        loss, parts = world_model_loss(out, batch, cfg, model, ctx)
+        if unroll == 1:
+            out = model(batch["image"], batch["actions"], batch["state"], frames[0])
+            loss, parts = world_model_loss(out, batch, cfg, model, ctx)
+        else:
+            loss, parts = unrolled_loss(model, batch, frames, cfg, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         ctx.average_gradients(model.parameters())
@@ -228,6 +277,6 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
     return {
         "steps": cfg.steps, "resumed_from_step": start_step if resume else None, "final_loss": last_loss,
         "final_logged_loss": rows[-1]["loss"] if rows else None, "train_seconds": round(seconds, 2),
-        "train_chunks": len(ds), "parameters": sum(p.numel() for p in model.parameters()),
+        "train_chunks": len(ds), "unroll_chunks": unroll, "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device), **({"world_size": ctx.world_size} if ctx.distributed else {}),
     }
