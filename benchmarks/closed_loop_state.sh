@@ -4,7 +4,7 @@
 # it (world_model.environment_state), a state success model (success_model.input=state), then the
 # development-seed ablations' instrument on two arms. Every stage's time goes to $R/times.txt.
 # Resumable: a stage whose output exists is skipped; the ablations resume per arm.
-# Usage: benchmarks/closed_loop_state.sh [WORK_DIR]  (default runs/cs)
+# Usage: [ARMS=a,b] [OUT=table.md] benchmarks/closed_loop_state.sh [WORK_DIR]  (default runs/cs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/cs}
@@ -24,4 +24,4 @@ t train-success-model $R/success_model_state $V train-success-model $P --set suc
 .venv/bin/python benchmarks/closed_loop_ablations.py --work $R/ablations --dataset $R/dataset --rollouts $R/rollouts \
   --policy $R/policy_bc --world-model $R/world_model_grounded --expert-world-model $R/world_model \
   --success-model $R/success_model_state --arms "${ARMS:-reference,explore_low_heads}" \
-  --out benchmarks/results/closed_loop_state_mt10_seed0.md
+  --out "${OUT:-benchmarks/results/closed_loop_state_mt10_seed0.md}"
