@@ -100,8 +100,8 @@ def test_same_seed_same_weights(data, common, trained, tmp_path):
     assert again["final_loss"] == summary["final_loss"]
 
 
-def test_resume_equals_uninterrupted(data, common, trained, tmp_path, monkeypatch):
-    out, summary = trained
+def train_killed_after_step_3(cfg, common, data, out, ckpt, monkeypatch) -> None:
+    """Train until the step-3 checkpoint is written, then die as a killed process would."""
     original = wm_train.save_checkpoint
 
     class Killed(Exception):
@@ -114,8 +114,13 @@ def test_resume_equals_uninterrupted(data, common, trained, tmp_path, monkeypatc
 
     monkeypatch.setattr(wm_train, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        wm_train.train_world_model(tiny_config(), common, data, tmp_path / "m", tmp_path / "c", progress=False)
+        wm_train.train_world_model(cfg, common, data, out, ckpt, progress=False)
     monkeypatch.setattr(wm_train, "save_checkpoint", original)
+
+
+def test_resume_equals_uninterrupted(data, common, trained, tmp_path, monkeypatch):
+    out, summary = trained
+    train_killed_after_step_3(tiny_config(), common, data, tmp_path / "m", tmp_path / "c", monkeypatch)
     resumed = wm_train.train_world_model(tiny_config(), common, data, tmp_path / "m", tmp_path / "c",
                                          resume=True, progress=False)
     assert resumed["resumed_from_step"] == 3
@@ -163,20 +168,7 @@ def test_unrolled_training_resumes_exactly_and_refuses_mixing(data, common, tmp_
     cfg = tiny_config(unroll_chunks=2)
     whole = wm_train.train_world_model(cfg, common, data, tmp_path / "a", tmp_path / "ca", progress=False)
     assert whole["unroll_chunks"] == 2 and np.isfinite(whole["final_loss"])
-    original = wm_train.save_checkpoint
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(path, model, optimizer, extra, scheduler=None):
-        original(path, model, optimizer, extra, scheduler=scheduler)
-        if extra["step"] == 3:
-            raise Killed
-
-    monkeypatch.setattr(wm_train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        wm_train.train_world_model(cfg, common, data, tmp_path / "b", tmp_path / "cb", progress=False)
-    monkeypatch.setattr(wm_train, "save_checkpoint", original)
+    train_killed_after_step_3(cfg, common, data, tmp_path / "b", tmp_path / "cb", monkeypatch)
     with pytest.raises(ValueError, match="unroll_chunks"):  # a 2-chunk checkpoint does not resume a 1-chunk run
         wm_train.train_world_model(tiny_config(), common, data, tmp_path / "b", tmp_path / "cb", resume=True,
                                    progress=False)
