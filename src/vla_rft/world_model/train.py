@@ -103,7 +103,8 @@ def world_model_loss(out: WorldModelOutput, batch: dict[str, torch.Tensor], cfg:
 
 def unrolled_loss(model: WorldModel, batch: dict[str, torch.Tensor], frames: list[torch.Tensor], cfg: WorldModelConfig,
                   ctx: distributed.Context | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """:func:`world_model_loss` over ``len(frames)`` chained chunks, averaged over the chunks.
+    """:func:`world_model_loss` over ``len(frames)`` chained chunks, averaged over the chunks (one chunk:
+    exactly :func:`world_model_loss` of the batch).
 
     ``batch`` holds sequences of ``len(frames) * K`` steps (:func:`training_batch` of a
     :class:`ChunkDataset` with that chunk length); ``frames[j]`` (B, F) are chunk j's decoded frames.
@@ -237,11 +238,7 @@ def train_world_model(cfg: WorldModelConfig, common: CommonConfig, data: LoadedD
         if ctx.distributed:  # this rank's slice of the global batch and of its per-sample frame picks
             indices, frames = indices[part], [f[part] for f in frames]
         batch = training_batch(ds, indices)
-        if unroll == 1:
-            out = model(batch["image"], batch["actions"], batch["state"], frames[0])
-            loss, parts = world_model_loss(out, batch, cfg, model, ctx)
-        else:
-            loss, parts = unrolled_loss(model, batch, frames, cfg, ctx)
+        loss, parts = unrolled_loss(model, batch, frames, cfg, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         ctx.average_gradients(model.parameters())
