@@ -99,6 +99,13 @@ ARMS = {a.name: a for a in (
     Arm("explore_low_heads_unsolved", "exploration std 0.1-0.2, only the action heads trained, no starts from "
         "tasks the rollouts solve in >= 90 %",
         ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.trainable=heads", "rft.skip_solved_at=0.9")),
+    # is the world model the bottleneck, or GRPO itself? The same update on real episodes, the simulator's
+    # success flag the reward (new training-range layouts each step; every episode is real-simulator data)
+    Arm("simulator", "GRPO in the real simulator, its success flag the reward, reset starts (the world model and "
+        "judge, half the starts at keyframes)", ("rft.environment=simulator", "rft.keyframe_share=0")),
+    Arm("simulator_explore_low_heads", "GRPO in the real simulator with exploration std 0.1-0.2 and only the action "
+        "heads trained", ("rft.environment=simulator", "rft.keyframe_share=0", "rft.explore_std_min=0.1",
+                          "rft.explore_std_max=0.2", "rft.trainable=heads")),
 )}
 
 #: at one RFT seed per arm, differences of ~5 points between arms are noise: these arms also run with
@@ -253,8 +260,9 @@ def render(result: dict) -> str:
         f"Base policy: real {_share(base['real_success'])}, imagined {_share(base['imagined_success'])}, correlation "
         f"across tasks {_corr(base['correlation_across_tasks'])}, hallucination {_share(base['hallucination_rate'])} of real failures.", "",
         "| arm | change | real success | vs base | vs reference | imagined (instrument) | hallucination | "
-        "imagined in training, first -> last tenth | groups dropped | s/step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "success in training (imagined; real for the simulator arms), first -> last tenth | groups dropped | "
+        "real episodes in RFT | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["arms"].items():
         row, after, tr = a["rows"][name], r["after"], r["train"]
@@ -263,7 +271,7 @@ def render(result: dict) -> str:
             f"{_interval(row.get('vs_reference'))} | {_pct(after['imagined_success'])} | "
             f"{_share(after['hallucination_rate'])} | {_pct(tr['imagined_success_first'])} -> "
             f"{_pct(tr['imagined_success_last'])} | {tr['groups_dropped']}/{tr['groups_total']} | "
-            f"{tr['seconds_per_step']:.2f} |")
+            f"{tr.get('simulator_episodes') or 0} | {tr['seconds_per_step']:.2f} |")
     if a.get("pooled"):
         lines += ["", "Arms run with more than one RFT seed, pooled (mean over seeds; 95 % intervals over seeds and "
                   "layouts, crossed random effects, `crossed_interval_table` in benchmarks/headline.py; vs reference "
@@ -394,7 +402,8 @@ def main() -> None:
                 "veto": arm.veto,
                 "policy": uri, "steps": args.steps, "train": {k: train.get(k) for k in (
                     "seconds", "seconds_per_step", "threshold", "horizon", "imagined_success_first",
-                    "imagined_success_last", "groups_dropped", "groups_total", "vetoed_successes")},
+                    "imagined_success_last", "groups_dropped", "groups_total", "vetoed_successes",
+                    "simulator_episodes")},
                 "after": _slim(after), "own_instrument_base": own}, indent=2))
             _log(f"{arm.name}: real {after['real_success']:.0%} (base {base['real_success']:.0%}), "
                  f"imagined {after['imagined_success']:.0%}, hallucination {_share(after['hallucination_rate'])}")

@@ -187,7 +187,8 @@ def test_ablation_report_shows_each_arm_against_base_and_reference():
     train = {"imagined_success_first": 0.25, "imagined_success_last": 0.5, "groups_dropped": 3, "groups_total": 8,
              "seconds_per_step": 3.456}
     arms = {"reference": {"what": "the defaults", "after": check([1, 1, 0, 0], 0.5), "train": train},
-            "horizon6": {"what": "6 chunks", "after": check([1, 1, 1, 1], 0.25), "train": train,
+            "horizon6": {"what": "6 chunks", "after": check([1, 1, 1, 1], 0.25),
+                         "train": {**train, "simulator_episodes": 128},
                          "own_instrument_base": check([0, 1, 0, 1], 0.75)}}
     base = check([0, 1, 0, 1], 0.5)
     text = abl.render({"command": "c", "date": "d", "platform": "p", "steps": 2, "profile": "standard",
@@ -199,7 +200,8 @@ def test_ablation_report_shows_each_arm_against_base_and_reference():
     assert "| 50.0 | +0.0 [" in rows["reference"] and "| n/a |" in rows["reference"]  # 2 of 4, as the base
     # vs base: reach +1 on both layouts, push 0 on both, so within-task resampling keeps +50 exactly
     assert "| 100.0 | +50.0 [+50.0, +50.0] | +50.0 [" in rows["horizon6"]
-    assert "25.0 -> 50.0 | 3/8 | 3.46 |" in rows["reference"]
+    # real-simulator episodes used in training: none for a world-model arm (a file from before the column too)
+    assert "25.0 -> 50.0 | 3/8 | 0 | 3.46 |" in rows["reference"] and "| 3/8 | 128 | 3.46 |" in rows["horizon6"]
     assert "own training setting" in text and text.count("\n| horizon6 |") == 2
     # per task, real / imagined: the base, then each arm in the table's order
     assert "| task | base | reference | horizon6 |" in text

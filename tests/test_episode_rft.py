@@ -15,8 +15,10 @@ from vla_rft.policy.configuration import PolicyConfig
 from vla_rft.policy.modeling import VLAPolicy
 from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.episode import (episode_advantages, episode_outcomes, masked_clipped_loss, per_episode_threshold,
-                                 pessimistic_probabilities, policy_success_rates, start_rows, start_task_indices,
-                                 train_episode_grpo)
+                                 pessimistic_probabilities, policy_success_rates, simulator_episodes,
+                                 simulator_starts, start_rows, start_task_indices, train_episode_grpo)
+from vla_rft.sim.perturbations import EpisodeSpec
+from vla_rft.sim.vector import BatchedSimulator
 from vla_rft.rft.honesty import exploitation_warnings, honesty_from_outcomes, success_threshold
 from vla_rft.success.configuration import SuccessModelConfig
 from vla_rft.success.modeling import SuccessModel
@@ -226,6 +228,72 @@ def test_a_veto_world_model_counts_only_the_successes_it_reproduces(data, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_simulator_episodes_replay_a_recording_feed_its_frames_back_and_stop_at_its_success(data):
+    """The real-simulator environment of episode mode: ``act`` sees the simulator's own frames (a recorded
+    expert episode's executed actions, replayed chunk by chunk, reproduce its frames), the reward is 1 in the
+    chunk where the success flag first held, and the env is not stepped after it."""
+    ep = next(e for e in data.episodes if e["success"] and e["split"] == "train")
+    lo, n = ep["dataset_from_index"], ep["length"]
+    first = int(np.flatnonzero(data.successes[lo:lo + n])[0])  # the action after which success first held
+    k, hit = 8, first // 8
+    horizon = hit + 3
+    recorded = np.zeros((horizon * k, data.action_dim), np.float32)
+    m = min(n, horizon * k)
+    recorded[:m] = data.actions[lo:lo + m]
+    seen = []
+
+    def act(images, states, task_index, h):
+        seen.append(images.clone())
+        assert task_index.tolist() == [0]
+        return torch.from_numpy(recorded[h * k:(h + 1) * k])[None]
+
+    spec = EpisodeSpec(data.tasks[int(ep["task_index"])], int(ep["seed"]))
+    with BatchedSimulator(image_size=data.image_size, num_workers=0) as sim:
+        episodes, probs = simulator_episodes(sim, act, [spec], torch.tensor([0]), horizon, k)
+        assert sim.max_episode_steps == 150  # restored
+    want = torch.zeros(1, horizon)
+    want[0, hit] = 1.0
+    assert torch.equal(probs, want)
+    frames = episodes.context_images[0]
+    for h in range(hit + 1):  # the frame before action h * k, as recorded
+        assert torch.equal(frames[h].permute(1, 2, 0), torch.from_numpy(data.images[lo + h * k])), h
+        assert torch.equal(seen[h][0], frames[h])
+    for h in range(hit + 1, horizon):  # fed back from the previous chunk; no step after the success chunk
+        assert torch.equal(frames[h], episodes.last_frames[0, h - 1])
+        assert torch.equal(frames[h], frames[hit + 1])
+    assert torch.equal(episodes.context_states[0, 0], torch.from_numpy(data.states[lo]))
+    assert episodes.actions.shape == (1, horizon, k, data.action_dim)
+    success, mask = episode_outcomes(probs, 0.5)
+    assert success.tolist() == [True] and mask[0].tolist() == [1.0] * (hit + 1) + [0.0] * (horizon - hit - 1)
+
+
+def test_grpo_in_the_simulator_uses_new_layouts_each_step_and_resume_equals_uninterrupted(data, tmp_path):
+    cfg = dict(mode="episode", environment="simulator", keyframe_share=0.0, steps=2, batch_starts=2, group_size=2,
+               horizon=2, checkpoint_interval=1, filter_groups=False, ppo_epochs=1, lr=1e-3)
+    specs = [simulator_starts(RFTConfig(**cfg), data, step, np.random.default_rng(step)) for step in (0, 1)]
+    assert [[s.seed for s in sp] for sp in specs] == [[700_000, 700_001], [700_002, 700_003]]
+    assert all(len({s.task for s in sp}) == 2 for sp in specs)  # distinct tasks while there are enough
+    common, wm, judge = CommonConfig(seed=2, num_threads=2), _world_model(data), None
+    with BatchedSimulator(image_size=data.image_size, num_workers=0) as sim:
+        full = _policy(data)
+        base = {k: v.clone() for k, v in full.state_dict().items()}
+        s = train_episode_grpo(RFTConfig(**cfg), common, data, wm, full, judge, 0.5, tmp_path / "a",
+                               tmp_path / "a.ckpt", progress=False, simulator=sim)
+        assert s["environment"] == "simulator" and s["simulator_episodes"] == 8
+        assert s["simulator_seeds"] == [700_000, 700_004]
+        assert any(not torch.equal(base[k], v) for k, v in full.state_dict().items())
+        train_episode_grpo(RFTConfig(**{**cfg, "steps": 1}), common, data, wm, _policy(data), judge, 0.5,
+                           tmp_path / "b", tmp_path / "b.ckpt", progress=False, simulator=sim)
+        resumed = _policy(data)
+        train_episode_grpo(RFTConfig(**cfg), common, data, wm, resumed, judge, 0.5, tmp_path / "b", tmp_path / "b.ckpt",
+                           resume=True, progress=False, simulator=sim)
+        for (name, x), (_, y) in zip(full.state_dict().items(), resumed.state_dict().items()):
+            assert torch.equal(x, y), name
+        with pytest.raises(ValueError, match="pass a simulator exactly"):
+            train_episode_grpo(RFTConfig(**{**cfg, "environment": "world_model"}), common, data, wm, _policy(data),
+                               judge, 0.5, tmp_path / "c", tmp_path / "c.ckpt", progress=False, simulator=sim)
+
+
 def test_honesty_numbers_by_hand_and_the_warning():
     tasks = ["push", "reach"]
     task_of = np.array(["push"] * 4 + ["reach"] * 4)
@@ -259,6 +327,16 @@ def test_rft_config_names_bad_episode_values():
         RFTConfig(mode="episode", start_tasks=["push", "push"])
     with pytest.raises(ConfigError, match="chunk"):  # chunk mode has no episode starts to choose
         RFTConfig(start_tasks=["push"])
+    with pytest.raises(ConfigError, match="rft.environment: unknown value 'mujoco'"):
+        RFTConfig(mode="episode", environment="mujoco")
+    with pytest.raises(ConfigError, match="rft.mode is 'chunk'"):
+        RFTConfig(environment="simulator", keyframe_share=0)
+    with pytest.raises(ConfigError, match="rft.keyframe_share=0"):
+        RFTConfig(mode="episode", environment="simulator")
+    with pytest.raises(ConfigError, match="rft.progress_coef"):
+        RFTConfig(mode="episode", environment="simulator", keyframe_share=0, progress_coef=1.0)
+    with pytest.raises(ConfigError, match="999999..1003198"):  # 400 steps x 8 starts past the evaluation seeds
+        RFTConfig(mode="episode", environment="simulator", keyframe_share=0, simulator_seed_offset=999_999)
 
 
 SETS = ["sim.tasks=[push, drawer-open]", "sim.num_workers=0", "sim.max_episode_steps=24",
@@ -395,6 +473,19 @@ def test_grounding_success_model_and_episode_rft_stages_write_honesty(tiny_datas
     assert vh["episode_outcomes"]["real"] == ep["real"] and vh["episode_outcomes"]["seed"] == ep["seed"]
     assert all(a <= b for a, b in zip(vh["episode_outcomes"]["imagined"], ep["imagined"]))
     assert storage.read_manifest(str(tmp_path / "rft_veto"))["config"]["veto_world_model"] == str(tmp_path / "wm")
+    # GRPO in the real simulator (the baseline): new layouts, counted; none may be one the data recorded
+    sim_sets = sets + ["rft.environment=simulator", "rft.keyframe_share=0"]
+    r = stages.rft(load_config("params.yaml", "quick", sim_sets), dataset, str(tmp_path / "wm_g"), str(policy_dir),
+                   str(tmp_path / "rft_sim"), progress=False, success_model_uri=str(tmp_path / "judge"),
+                   rollouts_uri=str(roll))
+    assert r["train"]["environment"] == "simulator" and r["train"]["simulator_episodes"] == 4
+    assert r["train"]["simulator_seeds"] == [700_000, 700_002] and r["honesty"]["seeds"] == [900_000, 900_001]
+    for offset, clash in ((0, "data's episode seeds"), (899_999, "honesty check's seeds")):
+        with pytest.raises(ConfigError, match=clash):
+            stages.rft(load_config("params.yaml", "quick", sim_sets + [f"rft.simulator_seed_offset={offset}"]), dataset,
+                       str(tmp_path / "wm_g"), str(policy_dir), str(tmp_path / "rft_sim_bad"), progress=False,
+                       success_model_uri=str(tmp_path / "judge"), rollouts_uri=str(roll))
+        assert not (tmp_path / "rft_sim_bad").exists()
 
 
 def test_filtered_bc_learns_from_successful_episodes_only(data, rollouts, tmp_path):

@@ -913,6 +913,22 @@ def train_success_model(cfg: Config, dataset_uris: list[str], out_uri: str, *, w
     return {"uri": out_uri, "resumed": resume, "train": summary, "seconds": time.time() - start}
 
 
+def _check_simulator_seeds(cfg: Config, data) -> None:
+    """``rft.environment: simulator`` resets new layouts: none may be a recorded episode's (expert data or
+    rollouts, any source) or the honesty check's, so what RFT learns there is never measured there."""
+    from vla_rft.errors import ConfigError
+
+    lo, hi = cfg.rft.simulator_seeds()
+    used = sorted({int(e["seed"]) for e in data.episodes if lo <= int(e["seed"]) < hi})
+    if used:
+        raise ConfigError(f"rft.simulator_seed_offset: seeds {lo}..{hi - 1} include {len(used)} of the data's episode "
+                          f"seeds (first {used[0]}); move rft.simulator_seed_offset")
+    h_lo, h_hi = cfg.rft.honesty_seed_offset, cfg.rft.honesty_seed_offset + cfg.rft.honesty_episodes_per_task
+    if lo < h_hi and h_lo < hi:
+        raise ConfigError(f"rft.simulator_seed_offset: seeds {lo}..{hi - 1} overlap the honesty check's seeds "
+                          f"{h_lo}..{h_hi - 1}; move rft.simulator_seed_offset")
+
+
 def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri: str, success_model_uri: str | None,
                 out_uri: str, *, rollouts_uri: str | None = None, overwrite: bool = False,
                 checkpoint_dir: str | Path | None = None, restart: bool = False, verify: bool = True,
@@ -925,6 +941,7 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
         from vla_rft.errors import ConfigError
 
         raise ConfigError("rft.mode=episode trains in one process; run it without torchrun (chunk mode is data-parallel)")
+    import contextlib
     import copy
 
     from vla_rft.data import concat_datasets
@@ -943,6 +960,8 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
     with tempfile.TemporaryDirectory(prefix="vla-rft-rft-episode-") as tmp:
         cache = Path(tmp) / "cache"
         data = concat_datasets([_load_dataset_artifact(cfg, u, cache) for u in (dataset_uri, rollouts_uri) if u])
+        if cfg.rft.environment == "simulator":
+            _check_simulator_seeds(cfg, data)
         wm_dir, _ = storage.read_artifact(world_model_uri, expected_kind="world_model", cache_dir=cache)
         policy_dir, policy_manifest = storage.read_artifact(policy_uri, expected_kind="policy", cache_dir=cache)
         judge_dir, _ = storage.read_artifact(success_model_uri, expected_kind="success_model", cache_dir=cache)
@@ -963,8 +982,15 @@ def rft_episode(cfg: Config, dataset_uri: str, world_model_uri: str, policy_uri:
                                              veto_world_model=veto_world_model)
 
         honesty = check(copy.deepcopy(policy).eval()) if verify and cfg.rft.honesty_episodes_per_task else None
-        summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,
-                                     resume=resume, progress=progress, veto_world_model=veto_world_model)
+        with contextlib.ExitStack() as stack:
+            simulator = None
+            if cfg.rft.environment == "simulator":
+                from vla_rft.sim.vector import BatchedSimulator
+
+                simulator = stack.enter_context(BatchedSimulator.from_config(cfg.sim))
+            summary = train_episode_grpo(cfg.rft, cfg.common, data, world_model, policy, judge, threshold, out, ckpt,
+                                         resume=resume, progress=progress, veto_world_model=veto_world_model,
+                                         simulator=simulator)
         if honesty is not None:  # the same check for the fine-tuned policy: has it learnt the blind spots?
             after = check(policy.eval())
             honesty["after_training"] = after

@@ -20,6 +20,7 @@ TRAINABLE: tuple[str, ...] = ("all", "trunk_and_heads", "heads")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 MODES: tuple[str, ...] = ("chunk", "episode")
 THRESHOLD_SOURCES: tuple[str, ...] = ("calibrated", "per_task", "fixed")
+ENVIRONMENTS: tuple[str, ...] = ("world_model", "simulator")
 
 
 @dataclass
@@ -63,6 +64,13 @@ class RFTConfig:
     #: "chunk": one chunk per start, verified reward vs the expert chunk (the paper's code, rft/grpo.py);
     #: "episode": closed-loop imagined episodes judged by the success model (after WMPO / WoVR)
     mode: Literal["chunk", "episode"] = "chunk"
+    #: where episode mode's episodes happen: "world_model" (imagined and judged; the method) or "simulator"
+    #: (the real simulator from reset layouts, its success flag the reward: the GRPO-in-the-simulator
+    #: baseline, every episode real-simulator data; reset starts only, so keyframe_share must be 0)
+    environment: Literal["world_model", "simulator"] = "world_model"
+    #: layouts of environment "simulator" (training range): start i of step s uses seed
+    #: simulator_seed_offset + s * batch_starts + i, apart from the data's, rollouts' and honesty check's
+    simulator_seed_offset: int = 700_000
     horizon: int = 12  #: chunks per imagined episode (WMPO 23-48, WoVR 32; 12 x 8 = 96 steps covers most tasks)
     keyframe_share: float = 0.5  #: share of starts taken at a random frame inside a recorded episode (else its reset frame)
     #: tasks whose recorded episodes start imagined episodes (empty: every task); the honesty check
@@ -87,6 +95,10 @@ class RFTConfig:
     #: held-out (val) start states on which world-model rewards are checked against the real simulator
     verify_states: int = 64
 
+    def simulator_seeds(self) -> tuple[int, int]:
+        """``(first, last + 1)``: the layouts ``environment: simulator`` resets, every step's starts new ones."""
+        return self.simulator_seed_offset, self.simulator_seed_offset + self.steps * self.batch_starts
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_starts", "ppo_epochs", "log_interval"):
             if getattr(self, name) < 1:
@@ -104,7 +116,8 @@ class RFTConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"rft.{name} must be >= 0, got {getattr(self, name)}")
         choices = {"perceptual": PERCEPTUAL, "reward_target": REWARD_TARGETS, "trainable": TRAINABLE,
-                   "kl_estimator": KL_ESTIMATORS, "mode": MODES, "success_threshold_source": THRESHOLD_SOURCES}
+                   "kl_estimator": KL_ESTIMATORS, "mode": MODES, "success_threshold_source": THRESHOLD_SOURCES,
+                   "environment": ENVIRONMENTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"rft.{name}: unknown value {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -137,5 +150,20 @@ class RFTConfig:
         if not 0 <= self.honesty_seed_offset < 1_000_000:
             raise ConfigError(f"rft.honesty_seed_offset must be in [0, 1000000) (evaluation seeds start at "
                               f"1000000), got {self.honesty_seed_offset}")
+        if self.environment == "simulator":
+            if self.mode != "episode":
+                raise ConfigError("rft.environment=simulator runs episode mode's episodes in the real simulator; "
+                                  f"rft.mode is {self.mode!r}")
+            if self.keyframe_share:
+                raise ConfigError("rft.environment=simulator starts every episode at a reset layout (a frame inside "
+                                  f"a recorded episode cannot be restored in the simulator); set rft.keyframe_share=0, "
+                                  f"got {self.keyframe_share}")
+            if self.progress_coef:
+                raise ConfigError("rft.progress_coef weights the judge's success probability; rft.environment="
+                                  "simulator rewards the simulator's success flag alone: set it to 0")
+            first, last = self.simulator_seeds()
+            if first < 0 or last > 1_000_000:
+                raise ConfigError(f"rft.simulator_seed_offset: seeds {first}..{last - 1} "
+                                  f"(steps x batch_starts of them) must lie in [0, 1000000), below the evaluation seeds")
         if self.checkpoint_interval < 0 or self.verify_states < 0:
             raise ConfigError("rft.checkpoint_interval and rft.verify_states must be >= 0")

@@ -39,7 +39,8 @@ from vla_rft.rft.configuration import RFTConfig
 from vla_rft.rft.grpo import check_compatible, dataset_to_policy_tasks, policy_objective, rft_optimizer
 from vla_rft.rft.groups import exploration_range, repeat_group
 from vla_rft.training import write_curves
-from vla_rft.world_model.imagine import imagine_episodes
+from vla_rft.sim.perturbations import EpisodeSpec
+from vla_rft.world_model.imagine import ActFn, ImaginedEpisodes, imagine_episodes
 
 CHECKPOINT_NAME = "rft_episode_checkpoint.safetensors"  # stage-specific, as checkpointing.checkpoint_files names it
 CURVE_FIELDS = ("step", "success_rate", "reward_mean", "groups_kept", "groups_dropped", "episode_chunks", "vetoed",
@@ -101,6 +102,54 @@ def start_rows(data: LoadedDataset, split: str, n: int, keyframe_share: float, r
         span = max(1, ep["length"] - 8)
         rows.append(ep["dataset_from_index"] + (int(o * span) if k else 0))
     return np.asarray(rows, np.int64)
+
+
+def simulator_starts(cfg: RFTConfig, data: LoadedDataset, step: int, rng: np.random.Generator,
+                     tasks: list[int] | None = None) -> list[EpisodeSpec]:
+    """``rft.environment: simulator``: the B reset layouts of GRPO step ``step`` (0-based), seeds
+    ``simulator_seed_offset + step * B + i`` (a resumed run resets the same ones), each of a task drawn
+    from ``tasks`` (dataset task indices; None: every task), distinct tasks while there are enough."""
+    pool = list(range(len(data.tasks))) if tasks is None else list(tasks)
+    picks = rng.choice(pool, size=cfg.batch_starts, replace=cfg.batch_starts > len(pool))
+    first = cfg.simulator_seed_offset + step * cfg.batch_starts
+    return [EpisodeSpec(data.tasks[int(t)], first + i) for i, t in enumerate(picks)]
+
+
+@torch.no_grad()
+def simulator_episodes(sim, act: ActFn, specs: list[EpisodeSpec], task_index: torch.Tensor, horizon: int,
+                       chunk_len: int) -> tuple[ImaginedEpisodes, torch.Tensor]:
+    """``act`` (as :func:`~vla_rft.world_model.imagine.imagine_episodes` calls it) for ``horizon`` chunks in the
+    real simulator ``sim`` (a BatchedSimulator) from each spec's reset layout, in the shape of imagined
+    episodes, and per chunk (N, H) 1.0 where the simulator's success flag first held in that chunk, else 0.0.
+    An env stops stepping after its first success (it would be masked); ``act`` still sees its last frame."""
+    old = sim.max_episode_steps
+    sim.max_episode_steps = horizon * chunk_len
+    try:
+        obs = sim.reset(list(specs))
+        frames, states = obs.frames, obs.states.astype(np.float32)
+        n = len(specs)
+        done = np.zeros(n, bool)
+        probs = torch.zeros(n, horizon)
+        ctx_i, ctx_s, acts, lasts, ends = [], [], [], [], []
+        for h in range(horizon):
+            images = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+            chunk = torch.as_tensor(act(images, torch.from_numpy(states), task_index, h)).float().cpu()
+            if chunk.shape[:2] != (n, chunk_len) or chunk.dim() != 3:
+                raise ValueError(f"act returned actions of shape {tuple(chunk.shape)}; expected ({n}, {chunk_len}, A)")
+            step = sim.step_chunk(chunk.clamp(-1, 1).numpy(), render="last", active=~done)
+            ctx_i.append(images)
+            ctx_s.append(torch.from_numpy(states))
+            acts.append(chunk)
+            frames, states = step.frames[:, -1], step.states.astype(np.float32)
+            hit = step.success & ~done
+            probs[:, h] = torch.from_numpy(hit.astype(np.float32))
+            done |= hit
+            lasts.append(torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))))
+            ends.append(torch.from_numpy(np.concatenate([states, step.step_env_states[:, -1]], 1)))
+    finally:
+        sim.max_episode_steps = old
+    return ImaginedEpisodes(torch.stack(ctx_i, 1), torch.stack(ctx_s, 1), torch.stack(acts, 1),
+                            torch.stack(lasts, 1), torch.stack(ends, 1)), probs
 
 
 def episode_outcomes(probs: torch.Tensor, threshold: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,15 +234,25 @@ def veto_probabilities(veto_world_model, success_model, episodes, start_images: 
 
 def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset, world_model, policy,
                        success_model, threshold: float | dict[str, float], out_dir: Path, checkpoint_dir: Path, resume: bool = False,
-                       progress: bool = True, veto_world_model=None) -> dict:
+                       progress: bool = True, veto_world_model=None, simulator=None) -> dict:
     """Fine-tune ``policy`` in place with GRPO over imagined episodes; writes model and curves to ``out_dir``.
 
     With ``veto_world_model``, every episode's actions are replayed open loop in that world model too and
-    the reward takes, chunk by chunk, the lower success probability (:func:`pessimistic_probabilities`)."""
+    the reward takes, chunk by chunk, the lower success probability (:func:`pessimistic_probabilities`).
+    With ``rft.environment: simulator`` the episodes run in ``simulator`` (a BatchedSimulator) from new reset
+    layouts each step (:func:`simulator_starts`) and the reward is its success flag; the world model and
+    success model are then not used (``success_model`` may be None)."""
+    if (cfg.environment == "simulator") != (simulator is not None):
+        raise ValueError(f"rft.environment is {cfg.environment!r}: pass a simulator exactly when it is 'simulator'")
+    if simulator is not None and veto_world_model is not None:
+        raise ConfigError("a veto world model confirms imagined successes; rft.environment=simulator has real ones")
     check_compatible(policy, world_model, data)
     if veto_world_model is not None:
         check_compatible(policy, veto_world_model, data)
-    task_map = torch.as_tensor(success_model.task_order(data.tasks))  # dataset task index -> the judge's
+    if success_model is None and simulator is None:
+        raise ValueError("imagined episodes are judged by a success model: pass one")
+    # dataset task index -> the judge's
+    task_map = None if success_model is None else torch.as_tensor(success_model.task_order(data.tasks))
     to_policy_task = dataset_to_policy_tasks(policy, data)  # dataset task index -> the policy's, by instruction
     std_range = exploration_range(cfg)
     start_tasks = start_task_indices(data, cfg.start_tasks, cfg.skip_solved_at)
@@ -203,7 +262,7 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
     torch.manual_seed(common.seed)
     np.random.seed(common.seed)
     policy.to(device).train()
-    for model in (world_model, success_model) + ((veto_world_model,) if veto_world_model is not None else ()):
+    for model in (m for m in (world_model, success_model, veto_world_model) if m is not None):
         model.to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -224,12 +283,16 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         t0 = time.time()
         # 1. sample starts
         rng = np.random.default_rng((common.seed, _SALT, step))
-        starts = start_rows(data, "train", b, cfg.keyframe_share, rng, start_tasks)
+        if simulator is not None:
+            specs = simulator_starts(cfg, data, step, rng, start_tasks)
+            tasks = repeat_group(torch.tensor([data.tasks.index(sp.task) for sp in specs]), g)
+        else:
+            starts = start_rows(data, "train", b, cfg.keyframe_share, rng, start_tasks)
+            images = repeat_group(images_all[starts], g)
+            states = repeat_group(torch.from_numpy(data.states[starts]), g)
+            env_states = None if data.env_states is None else repeat_group(torch.from_numpy(data.env_states[starts]), g)
+            tasks = repeat_group(torch.from_numpy(data.task_index[starts]), g)
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        images = repeat_group(images_all[starts], g)
-        states = repeat_group(torch.from_numpy(data.states[starts]), g)
-        env_states = None if data.env_states is None else repeat_group(torch.from_numpy(data.env_states[starts]), g)
-        tasks = repeat_group(torch.from_numpy(data.task_index[starts]), g)
 
         # 2. imagine closed-loop episodes with the sampling policy
         old_logps: list[torch.Tensor] = []
@@ -241,16 +304,19 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
             return chunk.cpu()
 
         with torch.no_grad():
-            episodes = imagine_episodes(world_model, act, images, world_model.model_states(states, env_states),
-                                        to_policy_task[tasks], horizon)
+            n, vetoed = b * g, 0
+            if simulator is not None:  # 2-3. real episodes, the simulator's success flag per chunk
+                episodes, probs = simulator_episodes(simulator, act, [sp for sp in specs for _ in range(g)],
+                                                     to_policy_task[tasks], horizon, policy.chunk_len)
+                thresholds = 0.5
+            else:
+                episodes = imagine_episodes(world_model, act, images, world_model.model_states(states, env_states),
+                                            to_policy_task[tasks], horizon)
+                # 3. judge every chunk's last frame
+                judge_tasks = task_map[tasks].repeat_interleave(horizon)
+                probs = judge_probabilities(success_model, episodes, judge_tasks).cpu()
+                thresholds = per_episode_threshold(threshold, success_model, task_map[tasks])
             old_logp = torch.stack(old_logps, 1)  # (N, H)
-
-            # 3. judge every chunk's last frame
-            n = b * g
-            judge_tasks = task_map[tasks].repeat_interleave(horizon)
-            probs = judge_probabilities(success_model, episodes, judge_tasks).cpu()
-            thresholds = per_episode_threshold(threshold, success_model, task_map[tasks])
-            vetoed = 0
             if veto_world_model is not None:
                 alone, _ = episode_outcomes(probs, thresholds)
                 veto = veto_probabilities(veto_world_model, success_model, episodes, images, states,
@@ -332,7 +398,10 @@ def train_episode_grpo(cfg: RFTConfig, common: CommonConfig, data: LoadedDataset
         "imagined_success_last": float(np.mean([r["success_rate"] for r in rows[-tenth:]])) if rows else None,
         "groups_dropped": int(sum(r["groups_dropped"] for r in rows)), "groups_total": b * len(rows),
         "trainable_parameters": len(trainable), "shuffle_advantages": cfg.shuffle_advantages,
-        "veto_world_model": veto_world_model is not None,
+        "veto_world_model": veto_world_model is not None, "environment": cfg.environment,
+        #: episodes run in the real simulator during training (environment "simulator"), and their layouts
+        "simulator_episodes": b * g * len(rows) if simulator is not None else 0,
+        "simulator_seeds": list(cfg.simulator_seeds()) if simulator is not None else None,
         #: imagined successes the veto world model's replay did not reproduce (counted as failures)
         "vetoed_successes": int(sum(r.get("vetoed", 0) for r in rows)),
     }
