@@ -5,7 +5,8 @@
 # expert world model and state judge). Then where its objects are after each of 12 chunks against the
 # one-chunk grounding's (benchmarks/state_fidelity.py), and the development-seed RFT arms in it
 # (benchmarks/closed_loop_ablations.py, its own --work). Resumable: finished steps are skipped.
-# Usage: [U=3] [ARMS=reference,explore_low_heads] [STEPS=60] benchmarks/closed_loop_unrolled.sh [WORK_DIR]  (default runs/cs)
+# Usage: [U=3] [ARMS=reference,explore_low_heads] [STEPS=60] [OUT=table.md] benchmarks/closed_loop_unrolled.sh [WORK_DIR]
+# (default runs/cs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/cs}
@@ -24,4 +25,4 @@ done
 .venv/bin/python benchmarks/closed_loop_ablations.py --work $R/ablations_u$U${STEPS:+_${STEPS}steps} --dataset $R/dataset --rollouts $R/rollouts \
   --policy $R/policy_bc --world-model $R/$WM --expert-world-model $R/world_model \
   --success-model $R/success_model_state --arms "${ARMS:-reference,explore_low_heads}" --steps "${STEPS:-60}" \
-  --out benchmarks/results/closed_loop_unrolled_u${U}_mt10_seed0${STEPS:+_${STEPS}steps}.md
+  --out "${OUT:-benchmarks/results/closed_loop_unrolled_u${U}_mt10_seed0${STEPS:+_${STEPS}steps}.md}"

@@ -17,6 +17,11 @@ After WMPO and WoVR. One step, top to bottom:
 5. **loss** - clipped ratio per chunk (log-probs recomputed with grad), averaged over unmasked
    chunks of kept groups; entropy bonus, KL to the frozen base and the BC regulariser optional as in
    chunk mode.
+
+``rft.environment: simulator`` runs steps 1-3 in the real simulator instead (:func:`simulator_episodes`):
+new training-range reset layouts each step, the simulator's success flag the reward, steps 4-5 unchanged.
+It is the baseline that separates what the world model costs from what GRPO itself can do; every one of
+its episodes is real-simulator data, counted in the summary.
 """
 
 from __future__ import annotations
