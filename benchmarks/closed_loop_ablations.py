@@ -101,8 +101,8 @@ ARMS = {a.name: a for a in (
         ("rft.explore_std_min=0.1", "rft.explore_std_max=0.2", "rft.trainable=heads", "rft.skip_solved_at=0.9")),
     # is the world model the bottleneck, or GRPO itself? The same update on real episodes, the simulator's
     # success flag the reward (new training-range layouts each step; every episode is real-simulator data)
-    Arm("simulator", "GRPO in the real simulator, its success flag the reward, reset starts (the world model and "
-        "judge, half the starts at keyframes)", ("rft.environment=simulator", "rft.keyframe_share=0")),
+    Arm("simulator", "GRPO in the real simulator instead of the world model and judge: its success flag the "
+        "reward, every episode from a reset layout (no keyframe starts)", ("rft.environment=simulator", "rft.keyframe_share=0")),
     Arm("simulator_explore_low_heads", "GRPO in the real simulator with exploration std 0.1-0.2 and only the action "
         "heads trained", ("rft.environment=simulator", "rft.keyframe_share=0", "rft.explore_std_min=0.1",
                           "rft.explore_std_max=0.2", "rft.trainable=heads")),

@@ -266,6 +266,24 @@ def test_simulator_episodes_replay_a_recording_feed_its_frames_back_and_stop_at_
     success, mask = episode_outcomes(probs, 0.5)
     assert success.tolist() == [True] and mask[0].tolist() == [1.0] * (hit + 1) + [0.0] * (horizon - hit - 1)
 
+    # several episodes over two workers: the simulator gets them spread out (A, B | A), the caller its own order
+    other = next(e for e in data.episodes if e["task_index"] != ep["task_index"])
+    spec_b = EpisodeSpec(data.tasks[int(other["task_index"])], int(other["seed"]))
+
+    def act_many(images, states, task_index, h):
+        chunk = torch.zeros(len(task_index), k, data.action_dim)
+        chunk[task_index == 0] = torch.from_numpy(recorded[h * k:(h + 1) * k])
+        return chunk
+
+    with BatchedSimulator(image_size=data.image_size, num_workers=2) as sim:
+        many, many_probs = simulator_episodes(sim, act_many, [spec, spec, spec_b], torch.tensor([0, 0, 1]), horizon, k)
+    with BatchedSimulator(image_size=data.image_size, num_workers=0) as sim:
+        alone_b, alone_b_probs = simulator_episodes(sim, act_many, [spec_b], torch.tensor([1]), horizon, k)
+    for row, (ref, ref_probs) in enumerate([(episodes, probs), (episodes, probs), (alone_b, alone_b_probs)]):
+        assert torch.equal(many_probs[row], ref_probs[0]), row
+        for name in ("context_images", "context_states", "actions", "last_frames", "states"):
+            assert torch.equal(getattr(many, name)[row], getattr(ref, name)[0]), (row, name)
+
 
 def test_grpo_in_the_simulator_uses_new_layouts_each_step_and_resume_equals_uninterrupted(data, tmp_path):
     cfg = dict(mode="episode", environment="simulator", keyframe_share=0.0, steps=2, batch_starts=2, group_size=2,

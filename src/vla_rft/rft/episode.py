@@ -26,6 +26,7 @@ its episodes is real-simulator data, counted in the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -127,12 +128,24 @@ def simulator_episodes(sim, act: ActFn, specs: list[EpisodeSpec], task_index: to
     real simulator ``sim`` (a BatchedSimulator) from each spec's reset layout, in the shape of imagined
     episodes, and per chunk (N, H) 1.0 where the simulator's success flag first held in that chunk, else 0.0.
     An env stops stepping after its first success (it would be masked); ``act`` still sees its last frame."""
+    # A worker keeps an env per (task, slot in its share of the batch) for its whole life, ~150 MB each with its
+    # renderer, and takes a contiguous share: a group's copies in a row put G slots of each task on one worker
+    # (10 tasks x 8 = 80 envs, 12 GB: killed for memory on a 23 GB machine). Send the episodes to the simulator
+    # spread out (every spec's first copy, then every second one, ...), which halves that; ``act`` and the
+    # results keep the caller's order.
+    n = len(specs)
+    copies: dict[str, int] = {}
+    nth = []  # how many earlier specs share this one's task
+    for sp in specs:
+        nth.append(copies.get(sp.task, 0))
+        copies[sp.task] = nth[-1] + 1
+    order = np.argsort(np.asarray(nth, np.int64), kind="stable")
+    back = np.argsort(order)
     old = sim.max_episode_steps
     sim.max_episode_steps = horizon * chunk_len
     try:
-        obs = sim.reset(list(specs))
-        frames, states = obs.frames, obs.states.astype(np.float32)
-        n = len(specs)
+        obs = sim.reset([specs[i] for i in order])
+        frames, states = obs.frames[back], obs.states[back].astype(np.float32)
         done = np.zeros(n, bool)
         probs = torch.zeros(n, horizon)
         ctx_i, ctx_s, acts, lasts, ends = [], [], [], [], []
@@ -141,7 +154,8 @@ def simulator_episodes(sim, act: ActFn, specs: list[EpisodeSpec], task_index: to
             chunk = torch.as_tensor(act(images, torch.from_numpy(states), task_index, h)).float().cpu()
             if chunk.shape[:2] != (n, chunk_len) or chunk.dim() != 3:
                 raise ValueError(f"act returned actions of shape {tuple(chunk.shape)}; expected ({n}, {chunk_len}, A)")
-            step = sim.step_chunk(chunk.clamp(-1, 1).numpy(), render="last", active=~done)
+            step = sim.step_chunk(chunk.clamp(-1, 1).numpy()[order], render="last", active=(~done)[order])
+            step = type(step)(**{f.name: getattr(step, f.name)[back] for f in dataclasses.fields(step)})
             ctx_i.append(images)
             ctx_s.append(torch.from_numpy(states))
             acts.append(chunk)
