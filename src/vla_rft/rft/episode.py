@@ -130,7 +130,7 @@ def simulator_episodes(sim, act: ActFn, specs: list[EpisodeSpec], task_index: to
     An env stops stepping after its first success (it would be masked); ``act`` still sees its last frame."""
     # A worker keeps an env per (task, slot in its share of the batch) for its whole life, ~150 MB each with its
     # renderer, and takes a contiguous share: a group's copies in a row put G slots of each task on one worker
-    # (10 tasks x 8 = 80 envs, 12 GB: killed for memory on a 23 GB machine). Send the episodes to the simulator
+    # (10 tasks x 8 = 80 envs: killed for memory at 9.2 GB on a 23 GB machine). Send the episodes to the simulator
     # spread out (every spec's first copy, then every second one, ...), which halves that; ``act`` and the
     # results keep the caller's order.
     n = len(specs)
