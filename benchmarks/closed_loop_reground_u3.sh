@@ -10,19 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/cs}
-V=.venv/bin/vla-rft
-P="--profile standard"
-S="--set world_model.environment_state=true"
-J="--set success_model.input=state --set success_model.imagined_steps=0"
 export MUJOCO_GL=${MUJOCO_GL:-osmesa}
 mkdir -p "$R"
 . benchmarks/stage_timer.sh
-t prepare-data $R/dataset $V prepare-data $P --out $R/dataset
-t pretrain-policy $R/policy_bc $V pretrain-policy $P --dataset $R/dataset --out $R/policy_bc
-t collect-rollouts $R/rollouts $V collect-rollouts $P --policy $R/policy_bc --out $R/rollouts
-t train-world-model $R/world_model $V train-world-model $P $S --dataset $R/dataset --out $R/world_model
-t train-success-model $R/success_model_state $V train-success-model $P $J \
-  --dataset $R/dataset --dataset $R/rollouts --out $R/success_model_state
+. benchmarks/state_chain.sh
 t ground-world-model-u3 $R/world_model_grounded_u3 $V train-world-model $P $S --set world_model.unroll_chunks=3 \
   --dataset $R/dataset --dataset $R/rollouts --init-from $R/world_model --out $R/world_model_grounded_u3
 # the fine-tuned policy whose failures the second round sees: the reference arm (closed_loop_unrolled.sh's work dir)

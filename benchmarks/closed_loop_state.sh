@@ -8,19 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/cs}
-V=.venv/bin/vla-rft
-P="--profile standard"
-S="--set world_model.environment_state=true"
 mkdir -p "$R"
 . benchmarks/stage_timer.sh
-t prepare-data $R/dataset $V prepare-data $P --out $R/dataset
-t pretrain-policy $R/policy_bc $V pretrain-policy $P --dataset $R/dataset --out $R/policy_bc
-t collect-rollouts $R/rollouts $V collect-rollouts $P --policy $R/policy_bc --out $R/rollouts
-t train-world-model $R/world_model $V train-world-model $P $S --dataset $R/dataset --out $R/world_model
+. benchmarks/state_chain.sh
 t ground-world-model $R/world_model_grounded $V train-world-model $P $S --dataset $R/dataset --dataset $R/rollouts \
   --init-from $R/world_model --out $R/world_model_grounded
-t train-success-model $R/success_model_state $V train-success-model $P --set success_model.input=state \
-  --set success_model.imagined_steps=0 --dataset $R/dataset --dataset $R/rollouts --out $R/success_model_state
 .venv/bin/python benchmarks/closed_loop_ablations.py --work $R/ablations --dataset $R/dataset --rollouts $R/rollouts \
   --policy $R/policy_bc --world-model $R/world_model_grounded --expert-world-model $R/world_model \
   --success-model $R/success_model_state --arms "${ARMS:-reference,explore_low_heads}" \
